@@ -1,0 +1,26 @@
+/* bindings.h — declarations shared between the lead's binding files in csrc/py/
+ * (tensor_type.c, methods.c, autograd_py.c, module.c). Includes Python.h via pyapi.h.
+ */
+#ifndef PC_PY_BINDINGS_H
+#define PC_PY_BINDINGS_H
+
+#include "pyapi.h"
+#include "../autograd/autograd.h"
+
+/* tensor_type.c */
+int pc_py_tensor_type_init(PyObject *module);
+PyObject *pc_py_register_types(PyObject *mod, PyObject *args);
+PyObject *pc_py_tensor_numpy(PyObject *self);               /* new reference */
+PyObject *pc_py_from_numpy(PyObject *mod, PyObject *arr);   /* new reference */
+PcStatus pc_py_item(PcTensor *t, double *out);
+
+/* methods.c: the Tensor method table and the module's op functions */
+extern PyMethodDef pc_py_tensor_methods[];
+extern PyMethodDef pc_py_op_functions[];
+
+/* autograd_py.c */
+int pc_py_autograd_init(PyObject *module);
+extern PyMethodDef pc_py_autograd_functions[];
+PyObject *pc_py_node_wrap(PcNode *node);                  /* new reference; node borrowed */
+
+#endif /* PC_PY_BINDINGS_H */

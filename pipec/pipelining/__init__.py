@@ -1,0 +1,17 @@
+"""pipec.pipelining: torch.distributed.pipelining's API on pipec.
+
+Available now: ``pipe_split``, ``SplitPoint`` and the schedule generators
+(``schedule_ops``, actions, CSV, validation, simulation). Tracing/splitting (``pipeline``,
+``Pipe``) and the stage runtime come with later work."""
+
+from ._split import pipe_split, SplitPoint  # noqa: F401
+
+try:
+    from .schedules import *  # noqa: F401,F403
+    from .schedules import __all__ as _sched_all
+except ImportError as e:  # the schedule layer not present in this checkout
+    if "schedules" not in str(e):
+        raise
+    _sched_all = []
+
+__all__ = ["pipe_split", "SplitPoint"] + list(_sched_all)
