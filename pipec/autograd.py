@@ -177,9 +177,14 @@ class Function:
         ctx = FunctionCtx()
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad and
                                      is_grad_enabled() for a in args)
-        with no_grad():
-            outputs = cls.forward(ctx, *args)
+        paused = _C._trace_pause(True)  # a traced forward records the Function, not its body
+        try:
+            with no_grad():
+                outputs = cls.forward(ctx, *args)
+        finally:
+            _C._trace_pause(paused)
         if not isinstance(outputs, (Tensor, tuple)):
             raise TypeError(f"{cls.__name__}.forward must return a Tensor or a tuple, got "
                             f"{type(outputs).__name__}")
-        return _C._function_record(ctx, cls.backward, cls.__name__ + "Backward", args, outputs)
+        return _C._function_record(ctx, cls.backward, cls.__name__ + "Backward", args, outputs,
+                                   cls)

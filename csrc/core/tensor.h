@@ -17,7 +17,16 @@
 #ifndef PC_CORE_TENSOR_H
 #define PC_CORE_TENSOR_H
 
+#ifdef __cplusplus
+/* C++ translation units (the CUDA backend, built by nvcc) see the same layout through
+ * std::atomic, which matches C11 _Atomic for these lock-free integer types. */
+#include <atomic>
+typedef std::atomic<long> atomic_long;
+typedef std::atomic<unsigned int> atomic_uint;
+using std::atomic_fetch_add;
+#else
 #include <stdatomic.h>
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>

@@ -473,9 +473,9 @@ static const PcNodeVTable *function_vtable(PyObject *name) {
  * (tuple when outputs was a tuple). outputs: a Tensor or a tuple of Tensors/others. */
 static PyObject *f_function_record(PyObject *m, PyObject *args) {
     (void)m;
-    PyObject *ctx, *bwd, *name, *fargs, *outs;
-    if (!PyArg_ParseTuple(args, "OOUO!O:_function_record", &ctx, &bwd, &name, &PyTuple_Type,
-                          &fargs, &outs))
+    PyObject *ctx, *bwd, *name, *fargs, *outs, *cls;
+    if (!PyArg_ParseTuple(args, "OOUO!OO:_function_record", &ctx, &bwd, &name, &PyTuple_Type,
+                          &fargs, &outs, &cls))
         return NULL;
     int single = pc_py_is_tensor(outs);
     PyObject *outseq = single ? PyTuple_Pack(1, outs) : PySequence_Tuple(outs);
@@ -546,6 +546,7 @@ static PyObject *f_function_record(PyObject *m, PyObject *args) {
         ret = res;
     }
 done:
+    if (ret && pc_py_trace_function(cls, fargs, single ? outseq : ret) < 0) Py_CLEAR(ret);
     PyMem_Free(ins);
     Py_DECREF(outseq);
     return ret;

@@ -6,6 +6,7 @@
 
 #include "pyapi.h"
 #include "../autograd/autograd.h"
+#include "../graph/call.h"
 
 /* tensor_type.c */
 int pc_py_tensor_type_init(PyObject *module);
@@ -13,6 +14,10 @@ PyObject *pc_py_register_types(PyObject *mod, PyObject *args);
 PyObject *pc_py_tensor_numpy(PyObject *self);               /* new reference */
 PyObject *pc_py_from_numpy(PyObject *mod, PyObject *arr);   /* new reference */
 PcStatus pc_py_item(PcTensor *t, double *out);
+
+/* methods.c: run a call (GIL released for large work) and record it when tracing;
+ * outputs are new references. */
+PcStatus pc_py_call_run(PcCall *c, PcTensor **in, PcTensor **outs);
 
 /* methods.c: the Tensor method table and the module's op functions */
 extern PyMethodDef pc_py_tensor_methods[];
@@ -22,5 +27,10 @@ extern PyMethodDef pc_py_op_functions[];
 int pc_py_autograd_init(PyObject *module);
 extern PyMethodDef pc_py_autograd_functions[];
 PyObject *pc_py_node_wrap(PcNode *node);                  /* new reference; node borrowed */
+
+/* trace_py.c */
+int pc_py_trace_init(PyObject *module);
+/* Record a custom Function call while tracing (no-op otherwise); 0 or -1 + exception. */
+int pc_py_trace_function(PyObject *cls, PyObject *fargs, PyObject *outseq);
 
 #endif /* PC_PY_BINDINGS_H */

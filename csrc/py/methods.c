@@ -9,6 +9,7 @@
 #include "bindings.h"
 
 #include "../ops/ops.h"
+#include "../graph/program.h"
 
 #define T(o) (((PcPyTensor *)(o))->t)
 
@@ -18,6 +19,63 @@
 static PyObject *done(PcStatus st, PcTensor *out) {
     if (st != PC_OK) return pc_py_raise(st);
     return pc_py_wrap(out);
+}
+
+/* A call descriptor for opcode opc with n_in tensor inputs and one output. */
+static PcCall mk(PcOpcode opc, int n_in) {
+    PcCall c;
+    memset(&c, 0, sizeof c);
+    c.opc = opc;
+    c.n_in = n_in;
+    c.n_out = 1;
+    return c;
+}
+
+/* Work big enough to be worth releasing the GIL for. */
+static bool worth_releasing_gil(const PcCall *c, PcTensor *const *in) {
+    for (int i = 0; i < c->n_in; i++)
+        if (in[i] && (in[i]->device.type != PC_CPU || pc_tensor_numel(in[i]) >= (1 << 14)))
+            return true;
+    return false;
+}
+
+/* Run c (GIL released for large work) and record it when a trace is active on this
+ * thread. Outputs are new references in outs[0..c->n_out). */
+PcStatus pc_py_call_run(PcCall *c, PcTensor **in, PcTensor **outs) {
+    PcStatus st;
+    if (worth_releasing_gil(c, in)) {
+        Py_BEGIN_ALLOW_THREADS
+        st = pc_call_run(c, in, outs);
+        Py_END_ALLOW_THREADS
+    } else {
+        st = pc_call_run(c, in, outs);
+    }
+    if (st != PC_OK) return st;
+    PcTracer *tr = pc_trace_active();
+    if (tr && (st = pc_trace_record(tr, c, in, outs)) != PC_OK) {
+        for (int i = 0; i < c->n_out; i++) {
+            pc_tensor_decref(outs[i]);
+            outs[i] = NULL;
+        }
+    }
+    return st;
+}
+#define call_run pc_py_call_run
+
+/* src converted to dtype through a recorded call. New reference in *out. */
+static PcStatus cast_recorded(PcTensor *src, PcDType dt, PcTensor **out) {
+    PcCall c = mk(PC_OPC_TO, 1);
+    c.ints[0] = (int)dt;
+    c.ints[1] = (int)src->device.type;
+    c.ints[2] = src->device.index;
+    return call_run(&c, &src, out);
+}
+
+/* Single-output call: run, record, wrap. New reference. */
+static PyObject *call_out(PcCall *c, PcTensor **in) {
+    PcTensor *out = NULL;
+    PcStatus st = call_run(c, in, &out);
+    return done(st, out);
 }
 
 /* Parse an int dim from obj. */
@@ -305,8 +363,9 @@ static PyObject *m_make_subclass(PyObject *unused, PyObject *args, PyObject *kw)
 
 static PyObject *i_detach(PyObject *self, PyObject *args, PyObject *kw) {
     (void)args; (void)kw;
-    PcTensor *out = NULL;
-    return done(pc_op_detach(T(self), &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_DETACH, 1);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_detach, i_detach)
 
@@ -322,24 +381,26 @@ static PyObject *m_detach_(PyObject *self, PyObject *unused) {
 
 static PyObject *i_clone(PyObject *self, PyObject *args, PyObject *kw) {
     (void)args; (void)kw;
-    PcTensor *out = NULL;
-    return done(pc_op_clone(T(self), &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_CLONE, 1);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_clone, i_clone)
 
 static PyObject *m_contiguous(PyObject *self, PyObject *unused) {
     (void)unused;
-    PcTensor *out = NULL;
-    return done(pc_op_contiguous(T(self), &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_CONTIGUOUS, 1);
+    return call_out(&c, in);
 }
 
 static PyObject *to_impl(PyObject *self, PcDType dt, PcDevice dev) {
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_to(T(self), dt, dev, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_TO, 1);
+    c.ints[0] = (int)dt;
+    c.ints[1] = (int)dev.type;
+    c.ints[2] = dev.index;
+    return call_out(&c, in);
 }
 
 /* to(dtype) / to(device) / to(device, dtype) / to(tensor) / to(device=, dtype=) */
@@ -425,9 +486,9 @@ static PyObject *m_cuda(PyObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *m_zero_(PyObject *self, PyObject *unused) {
     (void)unused;
-    PcStatus st = pc_op_zero_(T(self));
-    if (st != PC_OK) return pc_py_raise(st);
-    return Py_NewRef(self);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_ZERO_, 1);
+    return call_out(&c, in);
 }
 
 static PyObject *m_fill_(PyObject *self, PyObject *arg) {
@@ -443,9 +504,10 @@ static PyObject *m_fill_(PyObject *self, PyObject *arg) {
             return NULL;
         }
     }
-    PcStatus st = pc_op_fill_(T(self), v);
-    if (st != PC_OK) return pc_py_raise(st);
-    return Py_NewRef(self);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_FILL_, 1);
+    c.d[0] = v;
+    return call_out(&c, in);
 }
 
 static PyObject *m_uniform_(PyObject *self, PyObject *args, PyObject *kw) {
@@ -481,12 +543,9 @@ static PyObject *m_copy_(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:copy_", kwlist, &src, &nb)) return NULL;
     PcTensor *s = tensor_arg(src, "copy_(): argument 'src'");
     if (!s) return NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_copy_(T(self), s);
-    Py_END_ALLOW_THREADS
-    if (st != PC_OK) return pc_py_raise(st);
-    return Py_NewRef(self);
+    PcTensor *in[2] = {T(self), s};
+    PcCall c = mk(PC_OPC_COPY_, 2);
+    return call_out(&c, in);
 }
 
 /* ---- unary ---- */
@@ -497,12 +556,10 @@ static PyObject *m_copy_(PyObject *self, PyObject *args, PyObject *kw) {
             PyErr_SetString(PyExc_TypeError, #fname "() takes no extra arguments"); \
             return NULL;                                                            \
         }                                                                           \
-        PcTensor *out;                                                              \
-        PcStatus st;                                                                \
-        Py_BEGIN_ALLOW_THREADS                                                      \
-        st = pc_op_unary(OP, T(self), 0.0, &out);                                   \
-        Py_END_ALLOW_THREADS                                                        \
-        return done(st, out);                                                       \
+        PcTensor *in[1] = {T(self)};                                                \
+        PcCall c = mk(PC_OPC_UNARY, 1);                                             \
+        c.ints[0] = OP;                                                             \
+        return call_out(&c, in);                                                    \
     }                                                                               \
     OP_ENTRY(f_##fname, i_##fname)
 
@@ -524,8 +581,10 @@ static PyObject *i_gelu(PyObject *self, PyObject *args, PyObject *kw) {
                      approx);
         return NULL;
     }
-    PcTensor *out = NULL;
-    return done(pc_op_unary(PC_U_GELU, T(self), 0.0, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_UNARY, 1);
+    c.ints[0] = PC_U_GELU;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_gelu, i_gelu)
 
@@ -540,8 +599,11 @@ static PyObject *i_pow(PyObject *self, PyObject *args, PyObject *kw) {
     }
     double s = PyFloat_AsDouble(e);
     if (s == -1.0 && PyErr_Occurred()) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_unary(PC_U_POW, T(self), s, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_UNARY, 1);
+    c.ints[0] = PC_U_POW;
+    c.d[0] = s;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_pow, i_pow)
 
@@ -581,16 +643,13 @@ static PyObject *binary_call(PyObject *self, PyObject *args, PyObject *kw, PcBin
         if (st != PC_OK) return pc_py_raise(st);
         o = sc;
     }
-    Py_BEGIN_ALLOW_THREADS
-    if (inplace)
-        st = pc_op_binary_(op, t, o, alpha);
-    else
-        st = pc_op_binary(op, t, o, alpha, &out);
-    Py_END_ALLOW_THREADS
+    PcTensor *in[2] = {t, o};
+    PcCall c = mk(inplace ? PC_OPC_BINARY_ : PC_OPC_BINARY, 2);
+    c.ints[0] = op;
+    c.d[0] = alpha;
+    st = call_run(&c, in, &out);
     pc_tensor_decref(sc);
-    if (st != PC_OK) return pc_py_raise(st);
-    if (inplace) return Py_NewRef(self);
-    return pc_py_wrap(out);
+    return done(st, out);
 }
 
 #define BINARY_OP(fname, OP)                                                          \
@@ -620,12 +679,9 @@ static PyObject *i_mm(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O:mm", kwlist, &o)) return NULL;
     PcTensor *b = tensor_arg(o, "mm(): argument 'mat2'");
     if (!b) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_mm(T(self), b, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[2] = {T(self), b};
+    PcCall c = mk(PC_OPC_MM, 2);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_mm, i_mm)
 
@@ -635,12 +691,9 @@ static PyObject *i_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O:matmul", kwlist, &o)) return NULL;
     PcTensor *b = tensor_arg(o, "matmul(): argument 'other'");
     if (!b) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_matmul(T(self), b, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[2] = {T(self), b};
+    PcCall c = mk(PC_OPC_MATMUL, 2);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_matmul, i_matmul)
 
@@ -654,12 +707,11 @@ static PyObject *i_addmm(PyObject *self, PyObject *args, PyObject *kw) {
     PcTensor *a = tensor_arg(o1, "addmm(): argument 'mat1'");
     PcTensor *b = a ? tensor_arg(o2, "addmm(): argument 'mat2'") : NULL;
     if (!b) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_addmm(T(self), a, b, beta, alpha, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[3] = {T(self), a, b};
+    PcCall c = mk(PC_OPC_ADDMM, 3);
+    c.d[0] = beta;
+    c.d[1] = alpha;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_addmm, i_addmm)
 
@@ -672,12 +724,9 @@ static PyObject *i_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (!w) return NULL;
     PcTensor *b = NULL;
     if (ob != Py_None && !(b = tensor_arg(ob, "linear(): argument 'bias'"))) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_linear(T(self), w, b, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[3] = {T(self), w, b};
+    PcCall c = mk(PC_OPC_LINEAR, b ? 3 : 2);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_linear, i_linear)
 
@@ -697,14 +746,16 @@ static PyObject *reduce_call(PyObject *self, PyObject *args, PyObject *kw, bool 
     if (dto != Py_None) {
         PcDType dt;
         if (pc_py_parse_dtype(dto, "dtype", &dt) < 0) return NULL;
-        st = pc_op_to(src, dt, src->device, &cast);
+        st = cast_recorded(src, dt, &cast);
         if (st != PC_OK) return pc_py_raise(st);
         src = cast;
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = mean ? pc_op_mean(src, n, dims, keepdim != 0, &out)
-              : pc_op_sum(src, n, dims, keepdim != 0, &out);
-    Py_END_ALLOW_THREADS
+    PcTensor *in[1] = {src};
+    PcCall c = mk(mean ? PC_OPC_MEAN : PC_OPC_SUM, 1);
+    c.ints[0] = n;
+    for (int i = 0; i < n; i++) c.ints[1 + i] = dims[i];
+    c.flag = keepdim != 0;
+    st = call_run(&c, in, &out);
     pc_tensor_decref(cast);
     return done(st, out);
 }
@@ -728,23 +779,27 @@ static PyObject *i_max(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|Op:max", kwlist, &d, &keepdim)) return NULL;
     PcStatus st;
     if (!d || d == Py_None) {
-        PcTensor *out = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        st = pc_op_max_all(T(self), &out);
-        Py_END_ALLOW_THREADS
-        return done(st, out);
+        PcTensor *in[1] = {T(self)};
+        PcCall c = mk(PC_OPC_MAX_ALL, 1);
+        return call_out(&c, in);
     }
     if (pc_py_is_tensor(d)) {
-        PcTensor *out = NULL;
-        return done(pc_op_binary(PC_B_MAXIMUM, T(self), T(d), 1.0, &out), out);
+        PcTensor *in[2] = {T(self), T(d)};
+        PcCall c = mk(PC_OPC_BINARY, 2);
+        c.ints[0] = PC_B_MAXIMUM;
+        c.d[0] = 1.0;
+        return call_out(&c, in);
     }
     int dim;
     if (as_int(d, "dim", &dim) < 0) return NULL;
-    PcTensor *vals, *idx;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_max_dim(T(self), dim, keepdim != 0, &vals, &idx);
-    Py_END_ALLOW_THREADS
+    PcTensor *in[1] = {T(self)}, *outs[2] = {NULL, NULL};
+    PcCall c = mk(PC_OPC_MAX_DIM, 1);
+    c.n_out = 2;
+    c.ints[0] = dim;
+    c.flag = keepdim != 0;
+    st = call_run(&c, in, outs);
     if (st != PC_OK) return pc_py_raise(st);
+    PcTensor *vals = outs[0], *idx = outs[1];
     PyObject *v = pc_py_wrap(vals);
     PyObject *i = pc_py_wrap(idx);
     PyObject *res = (v && i) ? PyStructSequence_New(max_result_type) : NULL;
@@ -774,8 +829,11 @@ static PyObject *m_view(PyObject *self, PyObject *args) {
         PyErr_Clear();
     }
     if (parse_shape(args, 0, "view", &nd, shape) < 0) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_view(T(self), nd, shape, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_VIEW, 1);
+    c.ints[0] = nd;
+    memcpy(c.sizes, shape, sizeof(int64_t) * (size_t)nd);
+    return call_out(&c, in);
 }
 
 static PyObject *i_reshape(PyObject *self, PyObject *args, PyObject *kw) {
@@ -783,8 +841,11 @@ static PyObject *i_reshape(PyObject *self, PyObject *args, PyObject *kw) {
     int nd;
     int64_t shape[PC_MAX_DIMS];
     if (parse_shape(args, 0, "reshape", &nd, shape) < 0) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_reshape(T(self), nd, shape, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_RESHAPE, 1);
+    c.ints[0] = nd;
+    memcpy(c.sizes, shape, sizeof(int64_t) * (size_t)nd);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_reshape, i_reshape)
 
@@ -792,16 +853,22 @@ static PyObject *m_expand(PyObject *self, PyObject *args) {
     int nd;
     int64_t shape[PC_MAX_DIMS];
     if (parse_shape(args, 0, "expand", &nd, shape) < 0) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_expand(T(self), nd, shape, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_EXPAND, 1);
+    c.ints[0] = nd;
+    memcpy(c.sizes, shape, sizeof(int64_t) * (size_t)nd);
+    return call_out(&c, in);
 }
 
 static PyObject *i_flatten(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"start_dim", "end_dim", NULL};
     int s = 0, e = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|ii:flatten", kwlist, &s, &e)) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_flatten(T(self), s, e, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_FLATTEN, 1);
+    c.ints[0] = s;
+    c.ints[1] = e;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_flatten, i_flatten)
 
@@ -809,15 +876,19 @@ static PyObject *i_transpose(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim0", "dim1", NULL};
     int a, b;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "ii:transpose", kwlist, &a, &b)) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_transpose(T(self), a, b, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_TRANSPOSE, 1);
+    c.ints[0] = a;
+    c.ints[1] = b;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_transpose, i_transpose)
 
 static PyObject *i_t(PyObject *self, PyObject *args, PyObject *kw) {
     (void)args; (void)kw;
-    PcTensor *out = NULL;
-    return done(pc_op_t(T(self), &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_T, 1);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_t, i_t)
 
@@ -828,8 +899,11 @@ static PyObject *i_permute(PyObject *self, PyObject *args, PyObject *kw) {
     if (parse_shape(args, 0, "permute", &nd, shape) < 0) return NULL;
     int dims[PC_MAX_DIMS];
     for (int i = 0; i < nd; i++) dims[i] = (int)shape[i];
-    PcTensor *out = NULL;
-    return done(pc_op_permute(T(self), nd, dims, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_PERMUTE, 1);
+    c.ints[0] = nd;
+    for (int i = 0; i < nd; i++) c.ints[1 + i] = dims[i];
+    return call_out(&c, in);
 }
 OP_ENTRY(f_permute, i_permute)
 
@@ -837,8 +911,10 @@ static PyObject *i_unsqueeze(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim", NULL};
     int d;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "i:unsqueeze", kwlist, &d)) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_unsqueeze(T(self), d, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_UNSQUEEZE, 1);
+    c.ints[0] = d;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_unsqueeze, i_unsqueeze)
 
@@ -848,8 +924,10 @@ static PyObject *i_squeeze(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:squeeze", kwlist, &d)) return NULL;
     int dim = PC_ALL_DIMS;
     if (d != Py_None && as_int(d, "dim", &dim) < 0) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_squeeze(T(self), dim, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_SQUEEZE, 1);
+    c.ints[0] = dim;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_squeeze, i_squeeze)
 
@@ -877,8 +955,13 @@ static PyObject *i_slice(PyObject *self, PyObject *args, PyObject *kw) {
     if (stop < 0) stop += n;
     start = start < 0 ? 0 : (start > n ? n : start);
     stop = stop < start ? start : (stop > n ? n : stop);
-    PcTensor *out = NULL;
-    return done(pc_op_slice(t, d, start, stop, step, &out), out);
+    PcTensor *in[1] = {t};
+    PcCall c = mk(PC_OPC_SLICE, 1);
+    c.ints[0] = d;
+    c.sizes[0] = start;
+    c.sizes[1] = stop;
+    c.sizes[2] = step;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_slice, i_slice)
 
@@ -898,12 +981,14 @@ static PyObject *i_softmax(PyObject *self, PyObject *args, PyObject *kw, bool lo
     if (dto != Py_None) {
         PcDType dt;
         if (pc_py_parse_dtype(dto, "dtype", &dt) < 0) return NULL;
-        if ((st = pc_op_to(src, dt, src->device, &cast)) != PC_OK) return pc_py_raise(st);
+        if ((st = cast_recorded(src, dt, &cast)) != PC_OK) return pc_py_raise(st);
         src = cast;
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_softmax(src, dim, log, &out);
-    Py_END_ALLOW_THREADS
+    PcTensor *in[1] = {src};
+    PcCall c = mk(PC_OPC_SOFTMAX, 1);
+    c.ints[0] = dim;
+    c.flag = log;
+    st = call_run(&c, in, &out);
     pc_tensor_decref(cast);
     return done(st, out);
 }
@@ -943,12 +1028,10 @@ static PyObject *i_mse_loss(PyObject *self, PyObject *args, PyObject *kw) {
     if (!tg) return NULL;
     PcReduction red = PC_REDUCTION_MEAN;
     if (ored && parse_reduction(ored, &red) < 0) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_mse_loss(T(self), tg, red, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[2] = {T(self), tg};
+    PcCall c = mk(PC_OPC_MSE_LOSS, 2);
+    c.ints[0] = (int)red;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_mse_loss, i_mse_loss)
 
@@ -961,12 +1044,10 @@ static PyObject *i_cross_entropy(PyObject *self, PyObject *args, PyObject *kw) {
     if (!tg) return NULL;
     PcReduction red = PC_REDUCTION_MEAN;
     if (ored && parse_reduction(ored, &red) < 0) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_cross_entropy(T(self), tg, red, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[2] = {T(self), tg};
+    PcCall c = mk(PC_OPC_CROSS_ENTROPY, 2);
+    c.ints[0] = (int)red;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_cross_entropy, i_cross_entropy)
 
@@ -981,12 +1062,11 @@ static PyObject *i_layer_norm(PyObject *self, PyObject *args, PyObject *kw) {
     PcTensor *w = NULL, *b = NULL;
     if (ow != Py_None && !(w = tensor_arg(ow, "layer_norm(): argument 'weight'"))) return NULL;
     if (ob != Py_None && !(b = tensor_arg(ob, "layer_norm(): argument 'bias'"))) return NULL;
-    PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_layer_norm(T(self), nd, w, b, eps, &out);
-    Py_END_ALLOW_THREADS
-    return done(st, out);
+    PcTensor *in[3] = {T(self), w, b};
+    PcCall c = mk(PC_OPC_LAYER_NORM, 3);
+    c.ints[0] = nd;
+    c.d[0] = eps;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_layer_norm, i_layer_norm)
 
@@ -996,8 +1076,11 @@ static PyObject *i_dropout(PyObject *self, PyObject *args, PyObject *kw) {
     int training = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|dp:dropout", kwlist, &p, &training))
         return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_dropout(T(self), p, training != 0, &out), out);
+    PcTensor *in[1] = {T(self)};
+    PcCall c = mk(PC_OPC_DROPOUT, 1);
+    c.d[0] = p;
+    c.flag = training != 0;
+    return call_out(&c, in);
 }
 OP_ENTRY(f_dropout, i_dropout)
 
@@ -1008,8 +1091,9 @@ static PyObject *i_embedding(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O:embedding", kwlist, &oi)) return NULL;
     PcTensor *idx = tensor_arg(oi, "embedding(): argument 'indices'");
     if (!idx) return NULL;
-    PcTensor *out = NULL;
-    return done(pc_op_embedding(T(self), idx, &out), out);
+    PcTensor *in[2] = {T(self), idx};
+    PcCall c = mk(PC_OPC_EMBEDDING, 2);
+    return call_out(&c, in);
 }
 OP_ENTRY(f_embedding, i_embedding)
 
@@ -1059,9 +1143,21 @@ static PyObject *join_call(PyObject *args, PyObject *kw, bool stack) {
     if (tensor_list(obj, stack ? "stack" : "cat", &seq, &ts, &n) < 0) return NULL;
     PcTensor *out = NULL;
     PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = stack ? pc_op_stack((int)n, ts, dim, &out) : pc_op_cat((int)n, ts, dim, &out);
-    Py_END_ALLOW_THREADS
+    if (n > PC_CALL_MAX_IN) {
+        Py_BEGIN_ALLOW_THREADS
+        st = stack ? pc_op_stack((int)n, ts, dim, &out) : pc_op_cat((int)n, ts, dim, &out);
+        Py_END_ALLOW_THREADS
+        if (st == PC_OK && pc_trace_active()) {
+            pc_tensor_decref(out);
+            out = NULL;
+            st = pc_set_error(PC_ERR_NOTIMPL, "tracing cat/stack of more than %d tensors",
+                              PC_CALL_MAX_IN);
+        }
+    } else {
+        PcCall c = mk(stack ? PC_OPC_STACK : PC_OPC_CAT, (int)n);
+        c.ints[0] = dim;
+        st = call_run(&c, ts, &out);
+    }
     PyMem_Free(ts);
     Py_DECREF(seq);
     return done(st, out);

@@ -526,8 +526,14 @@ int pc_py_tensor_numpy_init(void) {
 static PcStatus index_one(PcTensor **cur, PyObject *idx, int *d) {
     PcTensor *t = *cur, *out = NULL;
     PcStatus st;
+    PcCall c;
+    memset(&c, 0, sizeof c);
+    c.n_in = 1;
+    c.n_out = 1;
     if (idx == Py_None) {
-        st = pc_op_unsqueeze(t, *d, &out);
+        c.opc = PC_OPC_UNSQUEEZE;
+        c.ints[0] = *d;
+        st = pc_py_call_run(&c, &t, &out);
         (*d)++;
     } else if (PySlice_Check(idx)) {
         if (*d >= t->ndim)
@@ -539,7 +545,12 @@ static PcStatus index_one(PcTensor **cur, PyObject *idx, int *d) {
             return pc_set_error(PC_ERR_INVALID, "step must be greater than zero");
         PySlice_AdjustIndices((Py_ssize_t)t->shape[*d], &start, &stop, step);
         if (stop < start) stop = start;
-        st = pc_op_slice(t, *d, start, stop, step, &out);
+        c.opc = PC_OPC_SLICE;
+        c.ints[0] = *d;
+        c.sizes[0] = start;
+        c.sizes[1] = stop;
+        c.sizes[2] = step;
+        st = pc_py_call_run(&c, &t, &out);
         (*d)++;
     } else if (PyLong_Check(idx) || PyIndex_Check(idx)) {
         if (*d >= t->ndim)
@@ -547,7 +558,10 @@ static PcStatus index_one(PcTensor **cur, PyObject *idx, int *d) {
                                 t->ndim);
         Py_ssize_t i = PyNumber_AsSsize_t(idx, PyExc_IndexError);
         if (i == -1 && PyErr_Occurred()) return PC_ERR_PYTHON;
-        st = pc_op_select(t, *d, i, &out);
+        c.opc = PC_OPC_SELECT;
+        c.ints[0] = *d;
+        c.sizes[0] = i;
+        st = pc_py_call_run(&c, &t, &out);
     } else {
         return pc_set_error(PC_ERR_TYPE,
                             "only integers, slices (`:`), ellipsis (`...`) and None are valid "
@@ -618,8 +632,15 @@ static int tensor_setitem(PyObject *self, PyObject *key, PyObject *value) {
         pc_py_raise(st);
         return -1;
     }
+    PcCall c;
+    memset(&c, 0, sizeof c);
+    c.n_out = 1;
+    PcTensor *res = NULL;
     if (pc_py_is_tensor(value)) {
-        st = pc_op_copy_(view, T(value));
+        PcTensor *in[2] = {view, T(value)};
+        c.opc = PC_OPC_COPY_;
+        c.n_in = 2;
+        st = pc_py_call_run(&c, in, &res);
     } else {
         double v = PyFloat_AsDouble(value);
         if (v == -1.0 && PyErr_Occurred()) {
@@ -628,8 +649,12 @@ static int tensor_setitem(PyObject *self, PyObject *key, PyObject *value) {
                          Py_TYPE(value)->tp_name);
             return -1;
         }
-        st = pc_op_fill_(view, v);
+        c.opc = PC_OPC_FILL_;
+        c.n_in = 1;
+        c.d[0] = v;
+        st = pc_py_call_run(&c, &view, &res);
     }
+    pc_tensor_decref(res);
     pc_tensor_decref(view);
     if (st != PC_OK) {
         pc_py_raise(st);
@@ -675,15 +700,26 @@ static PcStatus scalar_tensor(double v, PcDType dt, PcDevice dev, PcTensor **out
     return pc_op_full(0, NULL, v, dt, dev, out);
 }
 
-/* a OP b where at least one is a tensor. reflected: the tensor is b. */
+/* Run one elementwise/matmul call through the recording path. New reference in *out. */
+static PcStatus run1(PcOpcode opc, int n_in, PcTensor **in, int op, double d0, PcTensor **out) {
+    PcCall c;
+    memset(&c, 0, sizeof c);
+    c.opc = opc;
+    c.n_in = n_in;
+    c.n_out = 1;
+    c.ints[0] = op;
+    c.d[0] = d0;
+    return pc_py_call_run(&c, in, out);
+}
+
+/* a OP b where at least one is a tensor. */
 static PyObject *binary_number(PyObject *a, PyObject *b, PcBinaryOp op) {
     PcTensor *out = NULL;
     PcStatus st;
     int ta = pc_py_is_tensor(a), tb = pc_py_is_tensor(b);
     if (ta && tb) {
-        Py_BEGIN_ALLOW_THREADS
-        st = pc_op_binary(op, T(a), T(b), 1.0, &out);
-        Py_END_ALLOW_THREADS
+        PcTensor *in[2] = {T(a), T(b)};
+        st = run1(PC_OPC_BINARY, 2, in, op, 1.0, &out);
         if (st != PC_OK) return pc_py_raise(st);
         return pc_py_wrap(out);
     }
@@ -695,23 +731,33 @@ static PyObject *binary_number(PyObject *a, PyObject *b, PcBinaryOp op) {
     PcTensor *t = T(tobj);
     PcTensor *cast = NULL;
     if (!pc_dtype_is_float(t->dtype) && PyFloat_Check(other)) { /* int tensor (op) float */
-        st = pc_op_to(t, PC_FLOAT32, t->device, &cast);
+        PcCall c;
+        memset(&c, 0, sizeof c);
+        c.opc = PC_OPC_TO;
+        c.n_in = 1;
+        c.n_out = 1;
+        c.ints[0] = PC_FLOAT32;
+        c.ints[1] = (int)t->device.type;
+        c.ints[2] = t->device.index;
+        st = pc_py_call_run(&c, &t, &cast);
         if (st != PC_OK) return pc_py_raise(st);
         t = cast;
     }
     if (op == PC_B_ADD) {
-        st = pc_op_unary(PC_U_ADD_S, t, s, &out);
+        st = run1(PC_OPC_UNARY, 1, &t, PC_U_ADD_S, s, &out);
     } else if (op == PC_B_MUL) {
-        st = pc_op_unary(PC_U_MUL_S, t, s, &out);
+        st = run1(PC_OPC_UNARY, 1, &t, PC_U_MUL_S, s, &out);
     } else if (op == PC_B_SUB) {
-        st = ta ? pc_op_unary(PC_U_ADD_S, t, -s, &out) : pc_op_unary(PC_U_RSUB_S, t, s, &out);
+        st = ta ? run1(PC_OPC_UNARY, 1, &t, PC_U_ADD_S, -s, &out)
+                : run1(PC_OPC_UNARY, 1, &t, PC_U_RSUB_S, s, &out);
     } else if (op == PC_B_DIV && !ta) {
-        st = pc_op_unary(PC_U_RDIV_S, t, s, &out);
+        st = run1(PC_OPC_UNARY, 1, &t, PC_U_RDIV_S, s, &out);
     } else { /* tensor / scalar: true division through a 0-d tensor */
         PcTensor *sc;
         st = scalar_tensor(s, t->dtype, t->device, &sc);
         if (st == PC_OK) {
-            st = pc_op_binary(op, t, sc, 1.0, &out);
+            PcTensor *in[2] = {t, sc};
+            st = run1(PC_OPC_BINARY, 2, in, op, 1.0, &out);
             pc_tensor_decref(sc);
         }
     }
@@ -727,30 +773,33 @@ static PyObject *nb_div(PyObject *a, PyObject *b) { return binary_number(a, b, P
 
 static PyObject *inplace_number(PyObject *a, PyObject *b, PcBinaryOp op) {
     PcStatus st;
+    PcTensor *res = NULL;
+    PcTensor *self = T(a);
     if (pc_py_is_tensor(b)) {
-        Py_BEGIN_ALLOW_THREADS
-        st = pc_op_binary_(op, T(a), T(b), 1.0);
-        Py_END_ALLOW_THREADS
+        PcTensor *in[2] = {self, T(b)};
+        st = run1(PC_OPC_BINARY_, 2, in, op, 1.0, &res);
     } else {
         double s;
         int r = as_scalar(b, &s);
         if (r == -2) return NULL;
         if (r < 0) Py_RETURN_NOTIMPLEMENTED;
         if (op == PC_B_ADD) {
-            st = pc_op_unary_(PC_U_ADD_S, T(a), s);
+            st = run1(PC_OPC_UNARY_, 1, &self, PC_U_ADD_S, s, &res);
         } else if (op == PC_B_SUB) {
-            st = pc_op_unary_(PC_U_ADD_S, T(a), -s);
+            st = run1(PC_OPC_UNARY_, 1, &self, PC_U_ADD_S, -s, &res);
         } else if (op == PC_B_MUL) {
-            st = pc_op_unary_(PC_U_MUL_S, T(a), s);
+            st = run1(PC_OPC_UNARY_, 1, &self, PC_U_MUL_S, s, &res);
         } else {
             PcTensor *sc;
-            st = scalar_tensor(s, T(a)->dtype, T(a)->device, &sc);
+            st = scalar_tensor(s, self->dtype, self->device, &sc);
             if (st == PC_OK) {
-                st = pc_op_binary_(op, T(a), sc, 1.0);
+                PcTensor *in[2] = {self, sc};
+                st = run1(PC_OPC_BINARY_, 2, in, op, 1.0, &res);
                 pc_tensor_decref(sc);
             }
         }
     }
+    pc_tensor_decref(res);
     if (st != PC_OK) return pc_py_raise(st);
     return Py_NewRef(a);
 }
@@ -763,17 +812,16 @@ static PyObject *nb_idiv(PyObject *a, PyObject *b) { return inplace_number(a, b,
 static PyObject *nb_matmul(PyObject *a, PyObject *b) {
     if (!pc_py_is_tensor(a) || !pc_py_is_tensor(b)) Py_RETURN_NOTIMPLEMENTED;
     PcTensor *out = NULL;
-    PcStatus st;
-    Py_BEGIN_ALLOW_THREADS
-    st = pc_op_matmul(T(a), T(b), &out);
-    Py_END_ALLOW_THREADS
+    PcTensor *in[2] = {T(a), T(b)};
+    PcStatus st = run1(PC_OPC_MATMUL, 2, in, 0, 0.0, &out);
     if (st != PC_OK) return pc_py_raise(st);
     return pc_py_wrap(out);
 }
 
 static PyObject *unary_number(PyObject *a, PcUnaryOp op, double s) {
     PcTensor *out = NULL;
-    PcStatus st = pc_op_unary(op, T(a), s, &out);
+    PcTensor *t = T(a);
+    PcStatus st = run1(PC_OPC_UNARY, 1, &t, op, s, &out);
     if (st != PC_OK) return pc_py_raise(st);
     return pc_py_wrap(out);
 }
