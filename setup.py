@@ -157,6 +157,7 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         cuda = getattr(ext, "pipec_cuda", None)
         werror = _env_flag("PIPEC_WERROR")
+        self._force_on_config_change(ext, cuda, werror)
         if werror:
             ext.extra_compile_args = list(ext.extra_compile_args) + ["-Werror"]
         if cuda is not None:
@@ -167,6 +168,22 @@ class BuildExt(build_ext):
                 ext.libraries = list(ext.libraries) + ["stdc++"]
         self._parallelise_compiler()
         super().build_extension(ext)
+
+    def _force_on_config_change(self, ext, cuda, werror):
+        """Rebuild everything when the configuration (CUDA on/off, BLAS, -Werror) changed since
+        the last build in this build_temp: timestamps alone would keep a stale module."""
+        stamp = os.path.join(self.build_temp, "pipec-config.txt")
+        config = repr((sorted(map(str, ext.define_macros)), ext.libraries, ext.library_dirs,
+                       ext.include_dirs, werror, cuda and cuda["nvcc"], sys.version))
+        old = None
+        if os.path.exists(stamp):
+            with open(stamp) as f:
+                old = f.read()
+        if old != config:
+            self.force = True
+            os.makedirs(self.build_temp, exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write(config)
 
     def _parallelise_compiler(self):
         """Make self.compiler.compile run its per-file _compile calls on a thread pool."""
@@ -197,7 +214,7 @@ class BuildExt(build_ext):
     def _compile_cuda(self, ext, cuda, werror):
         home, nvcc = cuda["home"], cuda["nvcc"]
         flags = list(NVCC_FLAGS) + ["-D%s=%s" % (k, v) if v is not None else "-D" + k
-                                    for k, v in cuda["macros"]]
+                                    for k, v in cuda["macros"] if k != "PC_WITH_CUDA"]
         flags += ["-I" + d for d in cuda["include_dirs"]]
         if werror:
             flags += ["-Werror", "all-warnings", "-Xcompiler", "-Werror"]
@@ -250,7 +267,7 @@ def _extension():
     if cuda is not None:
         home, nvcc = cuda
         libdir = _cuda_libdir(home)
-        cuda_macros = [("PC_WITH_CUDA", None)]
+        cuda_macros = [("PC_WITH_CUDA", None)]  # for the C files; NVCC_FLAGS has its own
         cuda_incs = [os.path.join(home, "include")]
         nccl = _find_nccl(home)
         if nccl is not None:

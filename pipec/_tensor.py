@@ -58,8 +58,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False):
         if not isinstance(target, _types.dtype):
             raise TypeError(f"tensor(): dtype must be a pipec dtype, got {target!r}")
         np_target = target._np if target._np is not None else _np.float32
-        arr = _np.ascontiguousarray(arr, dtype=np_target)
-        t = _C.from_numpy(arr.copy())
+        arr = _np.array(arr, dtype=np_target, order="C", copy=True)  # keeps 0-d shapes
+        t = _C.from_numpy(arr)
         if target is bfloat16:
             t = t.to(bfloat16)
         if device is not None:

@@ -107,7 +107,7 @@ def ref_example_code(w, x, splits):
     h = t.linear(h, "lin0.weight", "lin0.bias")
     h = t.add_const(t.relu(h), w["cval"])
     h = t.mm(h, "mm_param1")
-    for k in range(1, splits):
+    for k in range(1, splits - 1):  # splits > 2 adds lin1, ..., splits > 7 adds lin6
         h = t.relu(t.linear(h, f"lin{k}.weight", f"lin{k}.bias"))
     return t, h
 
@@ -118,7 +118,7 @@ def ref_model_with_kwargs(w, x, y, splits):
     h = t.relu(t.linear(h, "lin0.weight", "lin0.bias"))
     h = t.mm(h, "mm_param1")
     h = t.relu(t.linear(h, "lin1.weight", "lin1.bias"))
-    for k in range(2, splits + 1):
+    for k in range(2, splits):  # splits > 2 adds lin2, ..., splits > 7 adds lin7
         h = t.relu(t.linear(h, f"lin{k}.weight", f"lin{k}.bias"))
     return t, h
 
@@ -474,3 +474,34 @@ def _ctor_args(model):
     if name in ("MultiMLP", "MultiMLPKwargs", "MultiMLPWithDw"):
         return (D, len(model.layers))
     return (D,)
+
+
+# ---- pipe_split and SplitPoint ----
+
+def test_pipe_split_is_a_noop_unless_a_tracer_hooks_it():
+    from pipec.pipelining import _split
+    assert pipec.pipelining.pipe_split() is None
+    assert pipec.pipe_split is pipec.pipelining.pipe_split
+    assert SplitPoint.BEGINNING.value == 1 and SplitPoint.END.value == 2
+    assert pipec.SplitPoint is SplitPoint
+    x = pipec.tensor(np.ones((2, D), np.float32))
+    y = pipec.tensor(np.zeros((2, D), np.float32))
+    calls = []
+    assert _split._pipe_split_hook is None
+    _split._pipe_split_hook = lambda: calls.append(1)
+    try:
+        for splits in (2, 5, 8):
+            calls.clear()
+            ExampleCode(D, splits=splits)(x)
+            assert len(calls) == splits - 1
+        calls.clear()
+        ModelWithKwargs(D, splits=3)(x, y)
+        assert len(calls) == 2
+        calls.clear()
+        ModelWithParamAlias(D)(x, y)
+        assert len(calls) == 1
+        calls.clear()
+        MultiMLP(D, 3)(x)  # split by split_spec, not by pipe_split calls
+        assert calls == []
+    finally:
+        _split._pipe_split_hook = None

@@ -891,3 +891,58 @@ def test_function_backward_errors():
 
     with pytest.raises((RuntimeError, ValueError), match=r"shape|size"):
         WrongShape.apply(x).sum().backward()
+
+
+# ---- finite differences for the functional paths composed in Python ----
+
+def finite_difference_check(fn, x_np, what, h=1e-6, tol=1e-7):
+    """fn maps a float64 pipec tensor to a scalar tensor. Compare its autograd gradient
+    with central differences (truncation O(h^2) ~ 1e-12, rounding ~ 1e-16 / h ~ 1e-10)."""
+    x = pipec.tensor(x_np).requires_grad_(True)
+    fn(x).backward()
+    num = np.zeros_like(x_np)
+    flat = x_np.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = float(fn(pipec.tensor(x_np)).item())
+        flat[i] = old - h
+        down = float(fn(pipec.tensor(x_np)).item())
+        flat[i] = old
+        num.reshape(-1)[i] = (up - down) / (2 * h)
+    np.testing.assert_allclose(x.grad.numpy(), num, rtol=tol, atol=tol, err_msg=what)
+
+
+def test_composed_functionals_finite_differences(rng):
+    x = rng.standard_normal((3, 4))
+    r = pipec.tensor(rng.standard_normal((3, 4)))
+    finite_difference_check(lambda t: (F.gelu(t, approximate="tanh") * r).sum(), x.copy(),
+                            "gelu tanh")
+    idx = pipec.tensor(np.array([0, 3, 1]), dtype=pipec.int64)
+    finite_difference_check(lambda t: F.cross_entropy(t, idx, label_smoothing=0.2), x.copy(),
+                            "cross_entropy label smoothing")
+    probs = pipec.tensor(np_softmax(rng.standard_normal((3, 4)), 1))
+    finite_difference_check(lambda t: F.cross_entropy(t, probs, reduction="sum"), x.copy(),
+                            "cross_entropy probabilities")
+    ids = pipec.tensor(np.array([[1, 0], [2, 1]]), dtype=pipec.int64)
+    g = pipec.tensor(rng.standard_normal((2, 2, 4)))
+    finite_difference_check(lambda t: (F.embedding(ids, t) * g).sum(), x.copy(),
+                            "embedding")
+    # With padding_idx the padding row still feeds the output but gets no gradient; the
+    # other rows get exactly the gradient they get without padding_idx.
+    w = pipec.tensor(x).requires_grad_(True)
+    (F.embedding(ids, w) * g).sum().backward()
+    w_pad = pipec.tensor(x).requires_grad_(True)
+    out = F.embedding(ids, w_pad, padding_idx=1)
+    np.testing.assert_array_equal(out.detach().numpy(), x[ids.numpy()])
+    (out * g).sum().backward()
+    np.testing.assert_array_equal(w_pad.grad.numpy()[1], np.zeros(4))
+    np.testing.assert_array_equal(w_pad.grad.numpy()[[0, 2]], w.grad.numpy()[[0, 2]])
+
+
+def test_parameter_is_flagged_as_weight():
+    p = nn.Parameter(pipec.ones(2))
+    assert p._is_param
+    assert not pipec.ones(2)._is_param
+    assert copy.deepcopy(p)._is_param
+    assert nn.Linear(2, 2).weight._is_param

@@ -10,6 +10,7 @@ float32 parameters drift from float64 by a few ulps per step: rtol 1e-5, atol 1e
 """
 import copy
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,8 @@ def test_constructor_errors():
         optim.SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
     with pytest.raises(TypeError, match="ordered collections"):
         optim.SGD({p}, lr=0.1)
+    with pytest.raises(TypeError, match="ordered collections"):
+        optim.SGD([{"params": {p}}], lr=0.1)
     with pytest.raises(ValueError, match="Invalid learning rate"):
         optim.SGD([p], lr=-1.0)
     with pytest.raises(ValueError, match="Invalid momentum"):
@@ -281,9 +284,10 @@ def test_repr():
 
 def test_train_mlp_example_loss_falls():
     root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
     proc = subprocess.run(
-        [sys.executable, str(root / "examples" / "train_mlp.py"), "--steps", "150",
-         "--no-progress"], capture_output=True, text=True, timeout=300, cwd=root)
+        [sys.executable, str(root / "examples" / "train_mlp.py"), "--no-progress"], capture_output=True, text=True, timeout=300, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith("train_mlp:") and "SGD" in summary and "AdamW" in summary

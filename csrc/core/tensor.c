@@ -134,7 +134,7 @@ PcStatus pc_tensor_empty(int ndim, const int64_t *shape, PcDType dtype, PcDevice
     if (ndim < 0 || ndim > PC_MAX_DIMS)
         return pc_set_error(PC_ERR_INVALID, "tensors have at most %d dimensions, got %d",
                             PC_MAX_DIMS, ndim);
-    int64_t numel;
+    int64_t numel = 0;
     PC_TRY(pc_shape_numel(ndim, shape, &numel));
     size_t item = pc_dtype_size(dtype);
     if (item == 0) return pc_set_error(PC_ERR_TYPE, "unknown dtype %d", (int)dtype);

@@ -5,8 +5,15 @@
  * broadcasting backward (pc_sum_to_shape, through the backend `reduce` kernel), and the
  * in-place guard. None of these record autograd history.
  *
+ * pc_check_inplace also refuses (grad mode on) an in-place write through a view of a tensor
+ * that requires grad — a tensor whose grad_fn is a view op's node (ViewBackward0,
+ * TransposeBackward0, SliceBackward0, ...) — since pipec has no CopySlices-style rebase of the
+ * base's history. Views made under no_grad, or of tensors not requiring grad, are not
+ * detected (PcTensor keeps no base pointer).
+ *
  * Invariants: every function returns a new reference in *out (NULL on failure) and leaves
  * its inputs untouched.
+ * Exports: everything declared in internal.h.
  */
 #include "internal.h"
 

@@ -59,7 +59,8 @@ def linear(input, weight, bias=None):
 def relu(input, inplace=False):
     _check_tensor("relu", "input", input)
     if inplace:
-        return input.relu_()
+        input.copy_(_pc.relu(input))
+        return input
     return _pc.relu(input)
 
 
@@ -92,7 +93,7 @@ def softmax(input, dim=None, dtype=None):
     dim = _softmax_dim("softmax", len(input.shape), dim)
     if dtype is not None:
         input = input.to(dtype)
-    return _C().softmax(input, dim, False)
+    return _C().softmax(input, dim)
 
 
 def log_softmax(input, dim=None, dtype=None):
@@ -101,7 +102,7 @@ def log_softmax(input, dim=None, dtype=None):
     dim = _softmax_dim("log_softmax", len(input.shape), dim)
     if dtype is not None:
         input = input.to(dtype)
-    return _C().softmax(input, dim, True)
+    return _C().log_softmax(input, dim)
 
 
 # ---- normalisation, dropout, embedding ----
@@ -213,8 +214,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         raise ValueError(
             f"cross_entropy: a float target must have input's shape {shape} (class "
             f"probabilities); got {tuple(target.shape)}. Class indices must be int64.")
-    if ignore_index != -100 and ignore_index >= 0:
-        raise NotImplementedError("cross_entropy: ignore_index is not supported")
+    if ignore_index >= 0 and (target.detach().cpu().numpy() == ignore_index).any():
+        raise NotImplementedError(
+            f"cross_entropy: targets equal to ignore_index ({ignore_index}) are not supported")
     if label_smoothing == 0:
         return _C().cross_entropy(input, target, code)
     # (1 - eps) * NLL + eps * mean over classes of -log p

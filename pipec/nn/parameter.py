@@ -1,14 +1,15 @@
 """Parameter and Buffer: the two kinds of tensor a Module registers by attribute assignment.
 
 Parameter is a real subclass of pipec.Tensor built with Tensor._make_subclass, so it shares
-the storage of the tensor it wraps and is a leaf. Assigning one to a Module attribute registers
-it as a parameter.
+the storage of the tensor it wraps and is a leaf; it is flagged (Tensor._is_param) so that the
+split backward treats it as a weight. Assigning one to a Module attribute registers it as a
+parameter.
 
 Buffer marks a tensor to be registered as a buffer when assigned to a Module attribute. Like
 torch.nn.Buffer, Buffer(t) returns a detached plain Tensor carrying a marker (and its
 `persistent` flag); isinstance(x, Buffer) is true for such marked tensors.
 
-Exports: Parameter, Buffer, is_lazy (always False; no lazy modules here).
+Exports: Parameter, Buffer.
 """
 import pipec as _pc
 
@@ -28,7 +29,9 @@ class Parameter(_pc.Tensor):
         elif not isinstance(data, _pc.Tensor):
             raise TypeError(
                 f"Parameter(data=...) expects a pipec.Tensor, got {type(data).__name__}")
-        return _pc.Tensor._make_subclass(cls, data, bool(requires_grad))
+        p = _pc.Tensor._make_subclass(cls, data, bool(requires_grad))
+        p._is_param = True  # tells split (zero-bubble) backward that this leaf is a weight
+        return p
 
     def __init__(self, data=None, requires_grad=True):
         # All the work is in __new__; accept (and ignore) the same arguments here.

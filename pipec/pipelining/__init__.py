@@ -5,6 +5,7 @@ Available now: ``pipe_split``, ``SplitPoint`` and the schedule generators
 ``Pipe``) and the stage runtime come with later work."""
 
 from ._split import pipe_split, SplitPoint  # noqa: F401
+from ._IR import pipeline, Pipe, PipeInfo, annotate_split_points  # noqa: F401
 
 try:
     from .schedules import *  # noqa: F401,F403
@@ -14,4 +15,4 @@ except ImportError as e:  # the schedule layer not present in this checkout
         raise
     _sched_all = []
 
-__all__ = ["pipe_split", "SplitPoint"] + list(_sched_all)
+__all__ = ["pipe_split", "SplitPoint", "pipeline", "Pipe", "PipeInfo"] + list(_sched_all)

@@ -15,6 +15,7 @@
  * Exports: pc_cpu_sgd_step, pc_cpu_adamw_step.
  */
 #include <math.h>
+#include <tgmath.h> /* sqrt on float stays in float */
 
 #include "kernels_cpu.h"
 

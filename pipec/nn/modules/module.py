@@ -30,7 +30,9 @@ __all__ = ["Module", "RemovableHandle"]
 
 class RemovableHandle:
     """Returned by register_*_hook; .remove() unregisters the hook. Usable as a context
-    manager (the hook is removed on exit)."""
+    manager (the hook is removed on exit). Holds weak references to the hook dicts
+    (OrderedDicts: plain dicts cannot be weakly referenced), so it does not keep a module
+    alive."""
 
     _ids = itertools.count()
 
@@ -133,10 +135,10 @@ class Module:
         setattr_(self, "_non_persistent_buffers_set", set())
         setattr_(self, "_modules", OrderedDict())
         setattr_(self, "_forward_pre_hooks", OrderedDict())
-        setattr_(self, "_forward_pre_hooks_with_kwargs", {})
+        setattr_(self, "_forward_pre_hooks_with_kwargs", OrderedDict())
         setattr_(self, "_forward_hooks", OrderedDict())
-        setattr_(self, "_forward_hooks_with_kwargs", {})
-        setattr_(self, "_forward_hooks_always_called", {})
+        setattr_(self, "_forward_hooks_with_kwargs", OrderedDict())
+        setattr_(self, "_forward_hooks_always_called", OrderedDict())
 
     # ---- forward ----
 

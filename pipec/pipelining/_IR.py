@@ -1,0 +1,366 @@
+"""pipeline() and Pipe: trace a model into a C Program and cut it into pipeline stages.
+
+How it works (shared/ARCHITECTURE.md section 5):
+  1. ``split_spec`` entries temporarily wrap the named submodules' ``forward`` so that
+     ``pipe_split()`` runs before (BEGINNING) or after (END) them; the model is restored
+     afterwards.
+  2. The model's forward runs once on the example microbatch with tracing on: the C binding
+     records every op into a Program over value slots, pipe_split() records a boundary,
+     custom autograd Functions are recorded as Python-backed calls.
+  3. Tensors the trace met that existed before it are parameters/buffers of the model
+     (passed at run time, by name) or captured constants (owned by the Program).
+  4. The Program is cut at the boundaries (in C): a value made in stage i and used in stage
+     j > i becomes an output of i and an input of j.
+Each stage becomes a ``pipec.nn.Module`` whose parameters keep their original dotted names
+and whose forward replays its Program without Python (unless it holds a custom Function).
+"""
+
+import collections
+
+from .. import _C
+from .. import nn
+from ..autograd import no_grad
+from . import _split
+from ._split import SplitPoint
+
+__all__ = ["pipeline", "Pipe", "PipeInfo", "annotate_split_points"]
+
+Tensor = _C.Tensor
+
+PipeInfo = collections.namedtuple("PipeInfo", ["graph", "num_stages", "has_loss_and_backward"])
+
+
+# ---- flattening of nested inputs/outputs ----
+
+def _flatten(obj):
+    """Tensors of a nested tuple/list/dict structure, in order, and a spec to rebuild it."""
+    if isinstance(obj, Tensor):
+        return [obj], ("T",)
+    if isinstance(obj, (tuple, list)):
+        leaves, specs = [], []
+        for x in obj:
+            lv, sp = _flatten(x)
+            leaves += lv
+            specs.append(sp)
+        return leaves, (type(obj).__name__, specs)
+    if isinstance(obj, dict):
+        leaves, specs = [], []
+        for k, x in obj.items():
+            lv, sp = _flatten(x)
+            leaves += lv
+            specs.append((k, sp))
+        return leaves, ("dict", specs)
+    return [], ("C", obj)
+
+
+def _unflatten(leaves, spec):
+    it = iter(leaves)
+
+    def build(sp):
+        kind = sp[0]
+        if kind == "T":
+            return next(it)
+        if kind == "C":
+            return sp[1]
+        if kind in ("tuple", "list"):
+            vals = [build(s) for s in sp[1]]
+            return tuple(vals) if kind == "tuple" else vals
+        return {k: build(s) for k, s in sp[1]}
+
+    return build(spec)
+
+
+# ---- split points ----
+
+def _resolve(module, qualname):
+    mod = module
+    done = []
+    for part in qualname.split("."):
+        if not hasattr(mod, part) or not isinstance(getattr(mod, part), nn.Module):
+            prefix = ".".join(done + [part])
+            raise AttributeError(f"Specified target {qualname} referenced nonexistent module "
+                                 f"{prefix}")
+        mod = getattr(mod, part)
+        done.append(part)
+    return mod
+
+
+class _SplitAnnotations:
+    """Context manager: wrap the named submodules' forward with pipe_split() calls and undo
+    it on exit, leaving the user's model as it was."""
+
+    def __init__(self, module, split_spec):
+        self.module = module
+        self.spec = dict(split_spec or {})
+        self.patched = []
+
+    def __enter__(self):
+        try:
+            for name, point in self.spec.items():
+                if not isinstance(point, SplitPoint):
+                    raise ValueError(f"Unknown split point {point!r} for {name!r}: expected "
+                                     "SplitPoint.BEGINNING or SplitPoint.END")
+                sub = _resolve(self.module, name)
+                self._patch(sub, point)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _patch(self, sub, point):
+        had_own = "forward" in sub.__dict__
+        original = sub.__dict__.get("forward", None)
+        bound = sub.forward
+
+        if point is SplitPoint.BEGINNING:
+            def forward(*args, **kwargs):
+                _split.pipe_split()
+                return bound(*args, **kwargs)
+        else:
+            def forward(*args, **kwargs):
+                try:
+                    return bound(*args, **kwargs)
+                finally:
+                    _split.pipe_split()
+        object.__setattr__(sub, "forward", forward)
+        self.patched.append((sub, had_own, original))
+
+    def __exit__(self, *exc):
+        for sub, had_own, original in reversed(self.patched):
+            if had_own:
+                object.__setattr__(sub, "forward", original)
+            else:
+                sub.__dict__.pop("forward", None)
+        self.patched.clear()
+        return False
+
+
+def annotate_split_points(module, split_spec):
+    """Check a split_spec against a module (AttributeError for a bad path, ValueError for a
+    bad split point). pipec applies split points only while tracing, so the module itself is
+    never changed; this function exists for torch compatibility and validation."""
+    with _SplitAnnotations(module, split_spec):
+        pass
+
+
+# ---- tracing ----
+
+def _trace(module, args, kwargs, split_spec):
+    """Run module(*args, **kwargs) once with tracing on. Returns (Program, input tensors,
+    output spec)."""
+    in_leaves, _ = _flatten((tuple(args), dict(kwargs)))
+    prev_hook = _split._pipe_split_hook
+    _C._trace_begin()
+    try:
+        seen = set()
+        for t in in_leaves:
+            if id(t) in seen:
+                raise ValueError("pipeline(): the same tensor is passed twice as an input")
+            seen.add(id(t))
+            _C._trace_input(t)
+        _split._pipe_split_hook = _C._trace_mark
+        with _SplitAnnotations(module, split_spec), no_grad():
+            out = module(*args, **kwargs)
+        out_leaves, out_spec = _flatten(out)
+        if not out_leaves:
+            raise ValueError("pipeline(): the model's forward returned no tensor")
+        prog = _C._trace_end(out_leaves)
+    except BaseException:
+        _C._trace_abort()
+        raise
+    finally:
+        _split._pipe_split_hook = prev_hook
+    return prog, in_leaves, out_spec
+
+
+# ---- stage modules ----
+
+def _ensure_child(root, path):
+    """The submodule at dotted `path` under root, creating plain containers as needed."""
+    mod = root
+    for part in path:
+        child = mod._modules.get(part) if hasattr(mod, "_modules") else None
+        if child is None:
+            child = nn.Module()
+            mod.register_module(part, child)
+        mod = child
+    return mod
+
+
+class _StageModule(nn.Module):
+    """One pipeline stage: a replayable C Program plus the parameters and buffers it uses,
+    registered under their names in the original model (``layers.1.net1.weight``)."""
+
+    def __init__(self, program, stage_index, param_names, tensors, buffer_names):
+        super().__init__()
+        object.__setattr__(self, "_program", program)
+        object.__setattr__(self, "_stage_index", stage_index)
+        object.__setattr__(self, "_ext_names", tuple(param_names))
+        for name in param_names:
+            *path, leaf = name.split(".")
+            owner = _ensure_child(self, path)
+            t = tensors[name]
+            if name in buffer_names:
+                owner.register_buffer(leaf, t)
+            else:
+                owner.register_parameter(leaf, t)
+
+    def _externals(self):
+        out = []
+        for name in self._ext_names:
+            *path, leaf = name.split(".")
+            mod = self
+            for p in path:
+                mod = mod._modules[p]
+            t = mod._parameters.get(leaf)
+            if t is None:
+                t = mod._buffers.get(leaf)
+            out.append(t)
+        return out
+
+    def forward(self, *inputs):
+        outs = self._program.run(inputs, self._externals())
+        return outs[0] if len(outs) == 1 else outs
+
+    @property
+    def program(self):
+        """The stage's C Program (``print(stage.program.format())`` shows it)."""
+        return self._program
+
+    def extra_repr(self):
+        return (f"stage={self._stage_index}, instructions={self._program.num_instructions}, "
+                f"inputs={len(self._program.input_slots)}, "
+                f"outputs={len(self._program.output_slots)}")
+
+
+# ---- Pipe ----
+
+class Pipe(nn.Module):
+    """A model cut into pipeline stages (``submod_0`` ... ``submod_{n-1}``).
+
+    ``Pipe(*args, **kwargs)`` runs every stage in order locally and returns the model's
+    output structure: the numerics reference for pipelined runs."""
+
+    def __init__(self, stages, wiring, input_slots, out_slots, out_spec, replicated_params,
+                 model_input_count):
+        super().__init__()
+        for i, st in enumerate(stages):
+            self.register_module(f"submod_{i}", st)
+        object.__setattr__(self, "_wiring", wiring)  # per stage: (in_slots, out_slots)
+        object.__setattr__(self, "_input_slots", tuple(input_slots))
+        object.__setattr__(self, "_out_slots", tuple(out_slots))
+        object.__setattr__(self, "_out_spec", out_spec)
+        object.__setattr__(self, "_n_inputs", model_input_count)
+        self.num_stages = len(stages)
+        self.has_loss_and_backward = False
+        self.loss_spec = None
+        self.replicated_params = replicated_params
+
+    def get_stage_module(self, stage_idx):
+        """The nn.Module of stage ``stage_idx``."""
+        if not isinstance(stage_idx, int) or not 0 <= stage_idx < self.num_stages:
+            raise ValueError(f"Invalid stage index {stage_idx!r}: the pipe has "
+                             f"{self.num_stages} stages")
+        return self._modules[f"submod_{stage_idx}"]
+
+    def info(self):
+        return PipeInfo(graph=None, num_stages=self.num_stages, has_loss_and_backward=False)
+
+    def stage_wiring(self, stage_idx):
+        """(input slots, output slots) of a stage in the traced Program's numbering: which
+        values a stage receives and sends (a slot made by stage i and used by j > i)."""
+        return self._wiring[stage_idx]
+
+    def forward(self, *args, **kwargs):
+        leaves, _ = _flatten((tuple(args), dict(kwargs)))
+        if len(leaves) != self._n_inputs:
+            raise ValueError(f"Pipe: expected {self._n_inputs} tensor inputs (as traced), "
+                             f"got {len(leaves)}")
+        env = dict(zip(self._input_slots, leaves))
+        for i in range(self.num_stages):
+            in_slots, out_slots = self._wiring[i]
+            missing = [s for s in in_slots if s not in env]
+            if missing:
+                raise RuntimeError(f"Pipe: stage {i} needs values {missing} that no earlier "
+                                   "stage produced")
+            outs = self.get_stage_module(i)(*[env[s] for s in in_slots])
+            if isinstance(outs, Tensor):
+                outs = (outs,)
+            env.update(zip(out_slots, outs))
+        return _unflatten([env[s] for s in self._out_slots], self._out_spec)
+
+    def print_readable(self):
+        """Print each stage's Program."""
+        for i in range(self.num_stages):
+            mod = self.get_stage_module(i)
+            names = ", ".join(mod._ext_names) or "-"
+            print(f"submod_{i}: params [{names}]")
+            print(mod.program.format())
+
+    def build_stage(self, stage_index, device, group=None):
+        """A PipelineStage running stage ``stage_index`` on ``device``."""
+        from .stage import _stage_from_pipe
+        return _stage_from_pipe(self, stage_index, device, group)
+
+
+def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None):
+    """Trace ``module`` on one microbatch (``mb_args``, ``mb_kwargs``) and cut it into a
+    :class:`Pipe` at its ``pipe_split()`` calls and ``split_spec`` points."""
+    if split_spec is not None and split_policy is not None:
+        raise ValueError("Cannot specify both `split_spec` and `split_policy`")
+    if split_policy is not None:
+        raise NotImplementedError("split_policy (automatic splitting) is not supported by "
+                                  "pipec; use pipe_split() or split_spec")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"pipeline() expects a pipec.nn.Module, got {type(module).__name__}")
+    if isinstance(mb_args, Tensor):
+        mb_args = (mb_args,)
+    mb_args = tuple(mb_args)
+    mb_kwargs = dict(mb_kwargs or {})
+    prog, in_leaves, out_spec = _trace(module, mb_args, mb_kwargs, split_spec)
+
+    # externals: parameters / buffers (by identity, first name wins) or captured constants
+    names = {}
+    buffer_names = set()
+    for name, p in module.named_parameters():
+        names.setdefault(id(p), name)
+    for name, b in module.named_buffers():
+        if id(b) not in names:
+            names[id(b)] = name
+            buffer_names.add(name)
+    ext_slots = prog.external_slots
+    slot_name = {}
+    for i in reversed(range(len(ext_slots))):
+        t = prog.external_tensor(i)
+        name = names.get(id(t)) if t is not None else None
+        if name is None:
+            prog.make_const(i)
+        else:
+            slot_name[ext_slots[i]] = (name, t)
+
+    pieces = prog.split()
+    users = collections.defaultdict(list)
+    for si, (_, _, exts, _) in enumerate(pieces):
+        for s in exts:
+            users[slot_name[s][0]].append(si)
+    replicated = [{f"submod_{si}": name for si in sis} for name, sis in users.items()
+                  if len(sis) > 1]
+    multi = {name for name, sis in users.items() if len(sis) > 1}
+
+    stages, wiring = [], []
+    for si, (sprog, ins, exts, outs) in enumerate(pieces):
+        pnames, tensors = [], {}
+        for s in exts:
+            name, t = slot_name[s]
+            pnames.append(name)
+            if name in multi:  # each consuming stage owns a copy
+                with no_grad():
+                    data = t.detach().clone()
+                t = (nn.Parameter(data, requires_grad=t.requires_grad)
+                     if name not in buffer_names else data)
+            tensors[name] = t
+        stages.append(_StageModule(sprog, si, pnames, tensors,
+                                   {n for n in pnames if n in buffer_names}))
+        wiring.append((tuple(ins), tuple(outs)))
+    return Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,
+                len(in_leaves))
