@@ -666,6 +666,11 @@ def test_cross_entropy(rng):
         F.cross_entropy(pipec.tensor(x_np), pipec.ones(n))
     with pytest.raises(ValueError, match="label_smoothing"):
         F.cross_entropy(pipec.tensor(x_np), idx, label_smoothing=2.0)
+    absent = next(k for k in range(c) if k not in t_np)
+    plain = F.cross_entropy(pipec.tensor(x_np), idx).item()
+    assert F.cross_entropy(pipec.tensor(x_np), idx, ignore_index=absent).item() == plain
+    with pytest.raises(NotImplementedError, match="ignore_index"):
+        F.cross_entropy(pipec.tensor(x_np), idx, ignore_index=int(t_np[0]))
 
 
 def test_embedding(rng):

@@ -67,7 +67,10 @@ def np_sgd(init, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, neste
             d = -g.astype(np.float64) if maximize else g.astype(np.float64)
             d = d + weight_decay * params[i]
             if momentum:
-                bufs[i] = d.copy() if bufs[i] is None else momentum * bufs[i] + (1 - dampening) * d
+                if bufs[i] is None:
+                    bufs[i] = d.copy()
+                else:
+                    bufs[i] = momentum * bufs[i] + (1 - dampening) * d
                 d = d + momentum * bufs[i] if nesterov else bufs[i]
             params[i] = params[i] - lr * d
     return params
@@ -97,6 +100,10 @@ def np_adamw(init, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
     return params
 
 
+def _case_id(kw):
+    return ",".join(f"{k}={v}" for k, v in kw.items())
+
+
 SGD_CASES = [
     dict(lr=0.1),
     dict(lr=0.1, momentum=0.9),
@@ -107,7 +114,7 @@ SGD_CASES = [
 
 
 @pytest.mark.parametrize("foreach", [None, False])
-@pytest.mark.parametrize("kw", SGD_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kw", SGD_CASES, ids=_case_id)
 def test_sgd_matches_numpy(kw, foreach):
     init, grads = make_problem()
     got, opt = run_pipec(optim.SGD, init, grads, foreach=foreach, **kw)
@@ -128,7 +135,7 @@ ADAMW_CASES = [
 
 
 @pytest.mark.parametrize("foreach", [None, False])
-@pytest.mark.parametrize("kw", ADAMW_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kw", ADAMW_CASES, ids=_case_id)
 def test_adamw_matches_numpy(kw, foreach):
     init, grads = make_problem(1)
     got, opt = run_pipec(optim.AdamW, init, grads, foreach=foreach, **kw)
@@ -287,7 +294,8 @@ def test_train_mlp_example_loss_falls():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
     proc = subprocess.run(
-        [sys.executable, str(root / "examples" / "train_mlp.py"), "--no-progress"], capture_output=True, text=True, timeout=300, cwd=root, env=env)
+        [sys.executable, str(root / "examples" / "train_mlp.py"), "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith("train_mlp:") and "SGD" in summary and "AdamW" in summary

@@ -244,7 +244,9 @@ def test_float16_round_trip_matches_numpy_rounding():
     h = t.to(pipec.float16)
     assert h.dtype == pipec.float16
     back = h.to(pipec.float32).numpy()
-    np.testing.assert_array_equal(back, x.astype(np.float16).astype(np.float32))
+    with np.errstate(over="ignore"):  # 70000 overflows to inf on purpose
+        expected = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(back, expected)
     assert t.half().dtype == pipec.float16
 
 

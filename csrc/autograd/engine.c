@@ -570,6 +570,11 @@ static PcStatus pass_execute(Pass *p) {
                     pc_tensor_incref(g);
                     p->results[k] = g;
                 }
+        if (n->leaf && !in->buf[0]) {
+            /* nothing arrived for this leaf (e.g. a custom Function returned None for it):
+             * leave its .grad untouched, as torch does */
+            continue;
+        }
         if ((in->run || in->queued) && n->n_outputs == 1 && !in->buf[0])
             PC_TRY(make_filled(&n->out_meta[0], 0.0, &in->buf[0]));
         if (in->queued) PC_TRY(work_queue(p, i, in->wmask));

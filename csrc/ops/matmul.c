@@ -278,9 +278,9 @@ static PcStatus pc_check_operands(const char *op, const char *na, const PcTensor
                                   const char *nb, const PcTensor *b) {
     PC_TRY(pc_check_same_device(op, a, b));
     if (a->dtype != b->dtype)
-        return pc_set_error(PC_ERR_TYPE, "%s: expected %s and %s to have the same dtype, got "
-                                         "%s and %s", op, na, nb, pc_dtype_name(a->dtype),
-                            pc_dtype_name(b->dtype));
+        return pc_set_error(PC_ERR_TYPE, "%s: expected both operands to have the same dtype, "
+                                         "got %s and %s (%s and %s)", op,
+                            pc_dtype_name(a->dtype), pc_dtype_name(b->dtype), na, nb);
     if (!pc_dtype_is_float(a->dtype))
         return pc_set_error(PC_ERR_TYPE, "%s: %s is not supported (expected float32, float64, "
                                          "float16 or bfloat16)", op, pc_dtype_name(a->dtype));

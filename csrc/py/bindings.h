@@ -33,4 +33,11 @@ int pc_py_trace_init(PyObject *module);
 /* Record a custom Function call while tracing (no-op otherwise); 0 or -1 + exception. */
 int pc_py_trace_function(PyObject *cls, PyObject *fargs, PyObject *outseq);
 
+/* The PcProgram of a pipec._C.Program object (borrowed), or NULL + TypeError. */
+struct PcProgram;
+struct PcProgram *pc_py_program_ptr(PyObject *obj);
+
+/* runtime_py.c */
+int pc_py_runtime_init(PyObject *module);
+
 #endif /* PC_PY_BINDINGS_H */

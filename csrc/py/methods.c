@@ -1214,7 +1214,8 @@ static PyObject *f_arange(PyObject *m, PyObject *args) {
     if (parse_dtype_opt(dto, PC_FLOAT32, &dt) < 0 || parse_device_opt(devo, &dev) < 0)
         return NULL;
     PcTensor *out = NULL;
-    return done(pc_op_arange(a, b, s, dt, dev, &out), out);
+    PcStatus st = pc_op_arange(a, b, s, dt, dev, &out);
+    return done(st, out);
 }
 
 static PyObject *f_manual_seed(PyObject *m, PyObject *arg) {

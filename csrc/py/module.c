@@ -24,6 +24,7 @@ static int pc_module_exec(PyObject *module) {
     if (pc_py_autograd_init(module) < 0) return -1;
     if (pc_py_methods_init(module) < 0) return -1;
     if (pc_py_trace_init(module) < 0) return -1;
+    if (pc_py_runtime_init(module) < 0) return -1;
     if (add_functions(module, pc_py_op_functions) < 0) return -1;
     if (add_functions(module, pc_py_autograd_functions) < 0) return -1;
     if (!pc_py_pipeline_error) {

@@ -180,6 +180,15 @@ static PyObject *program_wrap(PcProgram *p) {
     return (PyObject *)o;
 }
 
+PcProgram *pc_py_program_ptr(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, program_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a pipec._C.Program, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return ((PcPyProgram *)obj)->p;
+}
+
 static void program_dealloc(PcPyProgram *self) {
     PyTypeObject *tp = Py_TYPE(self);
     pc_program_free(self->p);

@@ -15,4 +15,10 @@ except ImportError as e:  # the schedule layer not present in this checkout
         raise
     _sched_all = []
 
-__all__ = ["pipe_split", "SplitPoint", "pipeline", "Pipe", "PipeInfo"] + list(_sched_all)
+from .stage import PipelineStage, build_stage  # noqa: F401,E402
+from ._runtime import *  # noqa: F401,F403,E402
+from ._runtime import __all__ as _rt_all  # noqa: E402
+from . import microbatch  # noqa: F401,E402
+
+__all__ = (["pipe_split", "SplitPoint", "pipeline", "Pipe", "PipeInfo", "PipelineStage",
+            "build_stage", "microbatch"] + list(_sched_all) + list(_rt_all))

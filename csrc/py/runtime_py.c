@@ -1,0 +1,362 @@
+/* runtime_py.c — Python face of the pipeline runtime (csrc/runtime/runtime.h).
+ *
+ * _C.Runtime(stages, n_microbatches, loss_fn, dw_fns, timeout) where stages is a list of
+ * (rank, device, Program, [param tensors], [(src_stage, src_idx), ...], n_out). The object
+ * keeps the Programs and parameter lists alive (the C runtime borrows them).
+ * loss_fn(outputs, mb) -> loss tensor (outputs: a tuple); dw_fns: {stage: fn(mb)}.
+ * run_rank(rank, actions) releases the GIL for the whole action list; callbacks take it
+ * back. All functions return new references.
+ */
+#include "bindings.h"
+
+#include "../graph/program.h"
+#include "../runtime/runtime.h"
+
+#define T(o) (((PcPyTensor *)(o))->t)
+
+typedef struct {
+    PyObject_HEAD
+    PcRuntime *rt;        /* owned */
+    PyObject *keep;       /* owned: list of objects the runtime borrows from */
+    PyObject *loss_fn;    /* owned or NULL */
+    PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
+    int n_stages;
+} PcPyRuntime;
+
+static PyTypeObject *runtime_type;
+
+/* ---- callbacks (called from runtime threads without the GIL) ---- */
+
+static PcStatus cb_loss(void *ctx, int stage, int mb, int n_out, PcTensor *const *outs,
+                        PcTensor **loss) {
+    (void)stage;
+    PcPyRuntime *self = ctx;
+    PcStatus st = PC_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *tup = PyTuple_New(n_out), *res = NULL;
+    for (int i = 0; tup && i < n_out; i++) {
+        pc_tensor_incref(outs[i]);
+        PyObject *w = pc_py_wrap(outs[i]);
+        if (!w) {
+            Py_CLEAR(tup);
+            break;
+        }
+        PyTuple_SET_ITEM(tup, i, w);
+    }
+    if (tup) res = PyObject_CallFunction(self->loss_fn, "Oi", tup, mb);
+    if (!res) {
+        st = pc_set_error(PC_ERR_PYTHON, "loss_fn raised");
+    } else if (!pc_py_is_tensor(res)) {
+        PyErr_Format(PyExc_TypeError, "loss_fn must return a Tensor, got %.100s",
+                     Py_TYPE(res)->tp_name);
+        st = pc_set_error(PC_ERR_PYTHON, "loss_fn returned a non-tensor");
+    } else {
+        pc_tensor_incref(T(res));
+        *loss = T(res);
+    }
+    Py_XDECREF(res);
+    Py_XDECREF(tup);
+    PyGILState_Release(g);
+    return st;
+}
+
+static bool cb_has_dw(void *ctx, int stage) {
+    PcPyRuntime *self = ctx;
+    if (!self->dw_fns) return false;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *k = PyLong_FromLong(stage);
+    int r = k ? PyDict_Contains(self->dw_fns, k) : -1;
+    Py_XDECREF(k);
+    if (r < 0) PyErr_Clear();
+    PyGILState_Release(g);
+    return r == 1;
+}
+
+static PcStatus cb_dw(void *ctx, int stage, int mb) {
+    PcPyRuntime *self = ctx;
+    PcStatus st = PC_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *k = PyLong_FromLong(stage);
+    PyObject *fn = k ? PyDict_GetItemWithError(self->dw_fns, k) : NULL;
+    Py_XDECREF(k);
+    PyObject *res = fn ? PyObject_CallFunction(fn, "i", mb) : NULL;
+    if (!res) st = pc_set_error(PC_ERR_PYTHON, "dw_builder's function raised");
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return st;
+}
+
+/* ---- object ---- */
+
+static void runtime_dealloc(PcPyRuntime *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->rt) {
+        PcRuntime *rt = self->rt;
+        self->rt = NULL;
+        Py_BEGIN_ALLOW_THREADS /* freeing graphs may run Python-node releases */
+        pc_runtime_free(rt);
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(self->keep);
+    Py_XDECREF(self->loss_fn);
+    Py_XDECREF(self->dw_fns);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static void free_ext_capsule(PyObject *cap) { PyMem_Free(PyCapsule_GetPointer(cap, NULL)); }
+
+static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"stages", "n_microbatches", "loss_fn", "dw_fns", "timeout", NULL};
+    PyObject *stages, *loss_fn = Py_None, *dw_fns = Py_None;
+    int n_mb;
+    double timeout = 300.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!i|OOd:Runtime", kwlist, &PyList_Type, &stages,
+                                     &n_mb, &loss_fn, &dw_fns, &timeout))
+        return NULL;
+    Py_ssize_t ns = PyList_GET_SIZE(stages);
+    PcPyRuntime *self = (PcPyRuntime *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->keep = PyList_New(0);
+    self->n_stages = (int)ns;
+    if (loss_fn != Py_None) self->loss_fn = Py_NewRef(loss_fn);
+    if (dw_fns != Py_None) {
+        if (!PyDict_Check(dw_fns)) {
+            PyErr_SetString(PyExc_TypeError, "Runtime: dw_fns must be a dict {stage: callable}");
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->dw_fns = Py_NewRef(dw_fns);
+    }
+    PcRuntimeStageDesc *desc = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *desc);
+    PcStageInput **ins = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *ins);
+    PcTensor ***exts = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *exts);
+    PyObject *ret = NULL;
+    if (!desc || !ins || !exts || !self->keep) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        PyObject *item = PyList_GET_ITEM(stages, s);
+        int rank, n_out;
+        PyObject *devo, *prog, *params, *srcs;
+        if (!PyArg_ParseTuple(item, "iOOO!O!i", &rank, &devo, &prog, &PyList_Type, &params,
+                              &PyList_Type, &srcs, &n_out))
+            goto out;
+        PcDevice dev;
+        if (pc_py_parse_device(devo, "stage device", &dev) < 0) goto out;
+        PcProgram *p = pc_py_program_ptr(prog);
+        if (!p) goto out;
+        if (PyList_Append(self->keep, prog) < 0 || PyList_Append(self->keep, params) < 0)
+            goto out;
+        Py_ssize_t ne = PyList_GET_SIZE(params), ni = PyList_GET_SIZE(srcs);
+        exts[s] = PyMem_Calloc((size_t)(ne ? ne : 1), sizeof(PcTensor *));
+        ins[s] = PyMem_Calloc((size_t)(ni ? ni : 1), sizeof(PcStageInput));
+        if (!exts[s] || !ins[s]) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        for (Py_ssize_t i = 0; i < ne; i++)
+            if (!(exts[s][i] = pc_py_unwrap(PyList_GET_ITEM(params, i), "stage parameter")))
+                goto out;
+        for (Py_ssize_t i = 0; i < ni; i++)
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(srcs, i), "ii", &ins[s][i].src_stage,
+                                  &ins[s][i].src_idx))
+                goto out;
+        if (ne != p->n_externals || ni != p->n_inputs || n_out != p->n_outputs) {
+            PyErr_Format(PyExc_ValueError,
+                         "Runtime: stage %zd wiring does not match its Program (%zd/%d params, "
+                         "%zd/%d inputs, %d/%d outputs)",
+                         s, ne, p->n_externals, ni, p->n_inputs, n_out, p->n_outputs);
+            goto out;
+        }
+        desc[s] = (PcRuntimeStageDesc){rank, dev, p, (int)ne, exts[s], (int)ni, ins[s], n_out};
+    }
+    PcRuntimeCallbacks cb = {self, self->loss_fn ? cb_loss : NULL, cb_dw, cb_has_dw};
+    PcStatus st = pc_runtime_create((int)ns, desc, n_mb, &cb, timeout, &self->rt);
+    if (st != PC_OK) {
+        pc_py_raise(st);
+        goto out;
+    }
+    ret = (PyObject *)self;
+    self = NULL;
+out:
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        if (ins) PyMem_Free(ins[s]);
+        /* exts[s] must outlive the runtime: the C runtime copies only the pointer */
+    }
+    PyMem_Free(ins);
+    PyMem_Free(desc);
+    if (ret) {
+        /* keep the ext arrays alive in a capsule list owned by the object */
+        for (Py_ssize_t s = 0; s < ns; s++) {
+            PyObject *cap = PyCapsule_New(exts[s], NULL, free_ext_capsule);
+            if (!cap || PyList_Append(((PcPyRuntime *)ret)->keep, cap) < 0) {
+                Py_XDECREF(cap);
+                Py_CLEAR(ret);
+                break;
+            }
+            Py_DECREF(cap);
+            exts[s] = NULL; /* owned by the capsule now */
+        }
+    }
+    if (exts)
+        for (Py_ssize_t s = 0; s < ns; s++) PyMem_Free(exts[s]);
+    PyMem_Free(exts);
+    Py_XDECREF(self);
+    return ret;
+}
+
+static PyObject *rt_begin_step(PcPyRuntime *self, PyObject *args) {
+    PyObject *inputs;
+    int n_in, training, record;
+    if (!PyArg_ParseTuple(args, "O!ipp:begin_step", &PyList_Type, &inputs, &n_in, &training,
+                          &record))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(inputs);
+    PcTensor **ts = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PcTensor *));
+    if (!ts) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(ts[i] = pc_py_unwrap(PyList_GET_ITEM(inputs, i), "microbatch input"))) {
+            PyMem_Free(ts);
+            return NULL;
+        }
+    }
+    PcStatus st = pc_runtime_begin_step(self->rt, n_in, ts, training != 0, record != 0);
+    PyMem_Free(ts);
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *rt_run_rank(PcPyRuntime *self, PyObject *args) {
+    int rank;
+    PyObject *actions;
+    if (!PyArg_ParseTuple(args, "iO:run_rank", &rank, &actions)) return NULL;
+    PyObject *seq = PySequence_Fast(actions, "actions");
+    if (!seq) return NULL;
+    PcActionList list;
+    pc_action_list_init(&list);
+    PcStatus st = PC_OK;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && st == PC_OK; i++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+        PcAction a;
+        if (o == Py_None) {
+            a = pc_action_idle();
+        } else {
+            PyObject *s = PyObject_Str(o);
+            const char *txt = s ? PyUnicode_AsUTF8(s) : NULL;
+            if (!txt) {
+                Py_XDECREF(s);
+                pc_action_list_free(&list);
+                Py_DECREF(seq);
+                return NULL;
+            }
+            st = pc_action_parse(txt, &a);
+            Py_DECREF(s);
+        }
+        if (st == PC_OK) st = pc_action_list_push(&list, a);
+    }
+    Py_DECREF(seq);
+    if (st == PC_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = pc_runtime_run_rank(self->rt, rank, &list);
+        Py_END_ALLOW_THREADS
+    }
+    pc_action_list_free(&list);
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *rt_outputs(PcPyRuntime *self, PyObject *arg) {
+    long mb = PyLong_AsLong(arg);
+    if (mb == -1 && PyErr_Occurred()) return NULL;
+    int n;
+    PcTensor **outs;
+    PcStatus st = pc_runtime_outputs(self->rt, (int)mb, &n, &outs);
+    if (st != PC_OK) return pc_py_raise(st);
+    PyObject *tup = PyTuple_New(n);
+    for (int i = 0; tup && i < n; i++) {
+        if (!outs[i]) {
+            PyTuple_SET_ITEM(tup, i, Py_NewRef(Py_None));
+            continue;
+        }
+        PcTensor *d;
+        st = pc_op_detach(outs[i], &d);
+        PyObject *w = st == PC_OK ? pc_py_wrap(d) : pc_py_raise(st);
+        if (!w) {
+            Py_CLEAR(tup);
+            break;
+        }
+        PyTuple_SET_ITEM(tup, i, w);
+    }
+    return tup;
+}
+
+static PyObject *rt_loss(PcPyRuntime *self, PyObject *arg) {
+    long mb = PyLong_AsLong(arg);
+    if (mb == -1 && PyErr_Occurred()) return NULL;
+    PcTensor *l = pc_runtime_loss(self->rt, (int)mb);
+    if (!l) Py_RETURN_NONE;
+    PcTensor *d;
+    PcStatus st = pc_op_detach(l, &d);
+    if (st != PC_OK) return pc_py_raise(st);
+    return pc_py_wrap(d);
+}
+
+static PyObject *rt_end_step(PcPyRuntime *self, PyObject *unused) {
+    (void)unused;
+    PcRuntime *rt = self->rt;
+    Py_BEGIN_ALLOW_THREADS
+    pc_runtime_end_step(rt);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rt_timeline(PcPyRuntime *self, PyObject *unused) {
+    (void)unused;
+    const PcTimelineEvent *ev;
+    int n = pc_runtime_timeline(self->rt, &ev);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *t = Py_BuildValue("(isdd)", ev[i].rank, ev[i].action, ev[i].start_us,
+                                    ev[i].end_us);
+        if (!t) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+static PyMethodDef runtime_methods[] = {
+    {"begin_step", (PyCFunction)rt_begin_step, METH_VARARGS,
+     "begin_step(inputs, n_model_inputs, training, record_timeline)"},
+    {"run_rank", (PyCFunction)rt_run_rank, METH_VARARGS,
+     "run_rank(rank, actions): execute one rank's lowered actions (GIL released)."},
+    {"outputs", (PyCFunction)rt_outputs, METH_O, "Last-stage outputs of a microbatch."},
+    {"loss", (PyCFunction)rt_loss, METH_O, "Loss of a microbatch (or None)."},
+    {"end_step", (PyCFunction)rt_end_step, METH_NOARGS, "Free the step's activations."},
+    {"timeline", (PyCFunction)rt_timeline, METH_NOARGS,
+     "[(rank, action, start_us, end_us)] of the last step (when recorded)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int pc_py_runtime_init(PyObject *module) {
+    static PyType_Slot slots[] = {
+        {Py_tp_new, (void *)runtime_new},
+        {Py_tp_dealloc, (void *)runtime_dealloc},
+        {Py_tp_methods, runtime_methods},
+        {Py_tp_doc, (void *)"The C pipeline runtime over stage Programs."},
+        {0, NULL},
+    };
+    static PyType_Spec spec = {
+        .name = "pipec._C.Runtime",
+        .basicsize = sizeof(PcPyRuntime),
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    runtime_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);
+    if (!runtime_type) return -1;
+    return PyModule_AddObjectRef(module, "Runtime", (PyObject *)runtime_type);
+}

@@ -1,0 +1,644 @@
+/* runtime.c — the in-process pipeline runtime (see runtime.h).
+ *
+ * Invariants:
+ *   - one mutex guards every MbState field that another rank may touch (deposited inputs,
+ *     output gradients, their counters); a condition variable wakes waiting ranks;
+ *   - a rank only runs actions of stages it owns, so per-stage compute state (outputs,
+ *     weight work) is touched by one thread at a time;
+ *   - every wait has a deadline and gives up as soon as another rank failed.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "runtime.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../autograd/autograd.h"
+
+/* ---- state ---- */
+
+typedef struct Consumer {
+    int stage, input;
+} Consumer;
+
+typedef struct RtStage {
+    PcRuntimeStageDesc d;
+    PcStageInput *in;        /* owned copy of d.in */
+    int *n_cons;             /* [n_out]: consumers of each output */
+    Consumer **cons;         /* [n_out][n_cons] owned */
+    bool is_last;
+} RtStage;
+
+typedef struct MbState {
+    PcTensor **in;           /* [n_in] deposited values (owned refs), then leaves */
+    bool *in_grad;           /* [n_in] whether the producer's value required grad */
+    int in_missing;          /* inputs not yet deposited */
+    PcTensor **out;          /* [n_out] outputs with graph (owned) */
+    PcTensor *loss;          /* last stage (owned) */
+    PcTensor **gout;         /* [n_out] summed output gradients (owned) */
+    int *gout_missing;       /* [n_out] contributions still expected */
+    PcTensor **gin;          /* [n_in] input gradients (owned) until sent */
+    PcWeightWork *work;      /* queued weight work between I and W */
+    bool fwd_done, bwd_done;
+} MbState;
+
+struct PcRuntime {
+    int n_stages, n_mb;
+    RtStage *st;             /* [n_stages] */
+    MbState *mb;             /* [n_stages * n_mb] */
+    PcRuntimeCallbacks cb;
+    double timeout_s;
+    bool training, record;
+    int n_model_in;
+    PcTensor **model_in;     /* [n_mb * n_model_in] owned refs */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool failed;
+    int failed_rank;
+    /* timeline */
+    PcTimelineEvent *events;
+    int n_events, cap_events;
+    struct timespec t0;
+};
+
+static MbState *MB(PcRuntime *rt, int stage, int mb) { return &rt->mb[stage * rt->n_mb + mb]; }
+
+static double now_us(const PcRuntime *rt) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - rt->t0.tv_sec) * 1e6 + (double)(t.tv_nsec - rt->t0.tv_nsec) / 1e3;
+}
+
+static void decref_array(PcTensor **a, int n) {
+    if (!a) return;
+    for (int i = 0; i < n; i++) {
+        pc_tensor_decref(a[i]);
+        a[i] = NULL;
+    }
+}
+
+static void mb_clear(PcRuntime *rt, int s, int m) {
+    MbState *x = MB(rt, s, m);
+    RtStage *st = &rt->st[s];
+    decref_array(x->in, st->d.n_in);
+    decref_array(x->out, st->d.n_out);
+    decref_array(x->gout, st->d.n_out);
+    decref_array(x->gin, st->d.n_in);
+    pc_tensor_decref(x->loss);
+    x->loss = NULL;
+    pc_weight_work_free(x->work);
+    x->work = NULL;
+    x->fwd_done = x->bwd_done = false;
+    x->in_missing = 0;
+    for (int k = 0; k < st->d.n_in; k++) {
+        x->in_grad[k] = false;
+        if (st->in[k].src_stage >= 0) x->in_missing++;
+    }
+    for (int o = 0; o < st->d.n_out; o++) x->gout_missing[o] = st->n_cons[o];
+}
+
+void pc_runtime_free(PcRuntime *rt) {
+    if (!rt) return;
+    if (rt->mb) {
+        for (int s = 0; s < rt->n_stages; s++) {
+            for (int m = 0; m < rt->n_mb; m++) {
+                MbState *x = MB(rt, s, m);
+                if (x->in_grad) mb_clear(rt, s, m);
+                free(x->in);
+                free(x->in_grad);
+                free(x->out);
+                free(x->gout);
+                free(x->gout_missing);
+                free(x->gin);
+            }
+        }
+    }
+    free(rt->mb);
+    if (rt->st) {
+        for (int s = 0; s < rt->n_stages; s++) {
+            RtStage *st = &rt->st[s];
+            if (st->cons)
+                for (int o = 0; o < st->d.n_out; o++) free(st->cons[o]);
+            free(st->cons);
+            free(st->n_cons);
+            free(st->in);
+        }
+    }
+    free(rt->st);
+    decref_array(rt->model_in, rt->n_mb * rt->n_model_in);
+    free(rt->model_in);
+    free(rt->events);
+    pthread_mutex_destroy(&rt->mu);
+    pthread_cond_destroy(&rt->cv);
+    free(rt);
+}
+
+PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n_mb,
+                           const PcRuntimeCallbacks *cb, double timeout_s, PcRuntime **out) {
+    *out = NULL;
+    PC_CHECK(n_stages > 0 && n_mb > 0, PC_ERR_INVALID,
+             "runtime: need at least one stage and one microbatch (got %d, %d)", n_stages, n_mb);
+    PcRuntime *rt = calloc(1, sizeof *rt);
+    if (!rt) return pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+    pthread_mutex_init(&rt->mu, NULL);
+    pthread_cond_init(&rt->cv, NULL);
+    rt->n_stages = n_stages;
+    rt->n_mb = n_mb;
+    rt->cb = *cb;
+    rt->timeout_s = timeout_s > 0 ? timeout_s : 300.0;
+    rt->failed_rank = -1;
+    rt->st = calloc((size_t)n_stages, sizeof(RtStage));
+    rt->mb = calloc((size_t)n_stages * (size_t)n_mb, sizeof(MbState));
+    PcStatus st = PC_OK;
+    if (!rt->st || !rt->mb) {
+        st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+        goto fail;
+    }
+    for (int s = 0; s < n_stages; s++) {
+        RtStage *r = &rt->st[s];
+        r->d = stages[s];
+        r->is_last = s == n_stages - 1;
+        r->in = malloc(sizeof(PcStageInput) * (size_t)(r->d.n_in ? r->d.n_in : 1));
+        r->n_cons = calloc((size_t)(r->d.n_out ? r->d.n_out : 1), sizeof(int));
+        r->cons = calloc((size_t)(r->d.n_out ? r->d.n_out : 1), sizeof(Consumer *));
+        if (!r->in || !r->n_cons || !r->cons) {
+            st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+            goto fail;
+        }
+        memcpy(r->in, stages[s].in, sizeof(PcStageInput) * (size_t)r->d.n_in);
+        r->d.in = r->in;
+    }
+    /* consumers of each output */
+    for (int s = 0; s < n_stages; s++) {
+        RtStage *r = &rt->st[s];
+        for (int k = 0; k < r->d.n_in; k++) {
+            PcStageInput src = r->in[k];
+            if (src.src_stage < 0) continue;
+            if (src.src_stage >= s || src.src_idx < 0 || src.src_idx >= rt->st[src.src_stage].d.n_out) {
+                st = pc_set_error(PC_ERR_INVALID,
+                                  "runtime: stage %d input %d comes from stage %d output %d, "
+                                  "which is not an output of an earlier stage",
+                                  s, k, src.src_stage, src.src_idx);
+                goto fail;
+            }
+            RtStage *p = &rt->st[src.src_stage];
+            Consumer *c = realloc(p->cons[src.src_idx],
+                                  sizeof(Consumer) * (size_t)(p->n_cons[src.src_idx] + 1));
+            if (!c) {
+                st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+                goto fail;
+            }
+            c[p->n_cons[src.src_idx]++] = (Consumer){s, k};
+            p->cons[src.src_idx] = c;
+        }
+    }
+    for (int s = 0; s + 1 < n_stages; s++) {
+        for (int o = 0; o < rt->st[s].d.n_out; o++) {
+            if (rt->st[s].n_cons[o] == 0) {
+                st = pc_set_error(PC_ERR_INVALID,
+                                  "runtime: output %d of stage %d is used by no later stage (only "
+                                  "the last stage may produce model outputs)",
+                                  o, s);
+                goto fail;
+            }
+        }
+    }
+    for (int s = 0; s < n_stages; s++) {
+        RtStage *r = &rt->st[s];
+        size_t ni = (size_t)(r->d.n_in ? r->d.n_in : 1), no = (size_t)(r->d.n_out ? r->d.n_out : 1);
+        for (int m = 0; m < n_mb; m++) {
+            MbState *x = MB(rt, s, m);
+            x->in = calloc(ni, sizeof(PcTensor *));
+            x->in_grad = calloc(ni, sizeof(bool));
+            x->gin = calloc(ni, sizeof(PcTensor *));
+            x->out = calloc(no, sizeof(PcTensor *));
+            x->gout = calloc(no, sizeof(PcTensor *));
+            x->gout_missing = calloc(no, sizeof(int));
+            if (!x->in || !x->in_grad || !x->gin || !x->out || !x->gout || !x->gout_missing) {
+                st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+                goto fail;
+            }
+            mb_clear(rt, s, m);
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &rt->t0);
+    *out = rt;
+    return PC_OK;
+fail:
+    pc_runtime_free(rt);
+    return st;
+}
+
+PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *inputs,
+                               bool training, bool record_timeline) {
+    pc_runtime_end_step(rt);
+    PcTensor **mi = calloc((size_t)(n_model_in * rt->n_mb + 1), sizeof(PcTensor *));
+    if (!mi) return pc_set_error(PC_ERR_OOM, "out of host memory starting a step");
+    for (int i = 0; i < n_model_in * rt->n_mb; i++) {
+        pc_tensor_incref(inputs[i]);
+        mi[i] = inputs[i];
+    }
+    for (int s = 0; s < rt->n_stages; s++)
+        for (int k = 0; k < rt->st[s].d.n_in; k++)
+            if (rt->st[s].in[k].src_stage < 0 && rt->st[s].in[k].src_idx >= n_model_in) {
+                free(mi);
+                return pc_set_error(PC_ERR_INVALID,
+                                    "runtime: stage %d needs model input %d, but %d were given",
+                                    s, rt->st[s].in[k].src_idx, n_model_in);
+            }
+    rt->model_in = mi;
+    rt->n_model_in = n_model_in;
+    rt->training = training;
+    rt->record = record_timeline;
+    rt->failed = false;
+    rt->failed_rank = -1;
+    rt->n_events = 0;
+    clock_gettime(CLOCK_MONOTONIC, &rt->t0);
+    return PC_OK;
+}
+
+void pc_runtime_end_step(PcRuntime *rt) {
+    for (int s = 0; s < rt->n_stages; s++)
+        for (int m = 0; m < rt->n_mb; m++) mb_clear(rt, s, m);
+    decref_array(rt->model_in, rt->n_mb * rt->n_model_in);
+    free(rt->model_in);
+    rt->model_in = NULL;
+    rt->n_model_in = 0;
+}
+
+/* ---- waiting ---- */
+
+static PcStatus fail_status(PcRuntime *rt) {
+    return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: rank %d failed", rt->failed_rank);
+}
+
+/* Wait (mutex held) until pred(rt, a, b) or deadline / failure. */
+static PcStatus wait_for(PcRuntime *rt, bool (*pred)(PcRuntime *, int, int), int a, int b,
+                         const char *what) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    double t = rt->timeout_s;
+    dl.tv_sec += (time_t)t;
+    dl.tv_nsec += (long)((t - (double)(time_t)t) * 1e9);
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    while (!pred(rt, a, b)) {
+        if (rt->failed) return fail_status(rt);
+        int r = pthread_cond_timedwait(&rt->cv, &rt->mu, &dl);
+        if (r == ETIMEDOUT && !pred(rt, a, b))
+            return pc_set_error(PC_ERR_TIMEOUT, "pipeline: timed out after %.0f s waiting for %s "
+                                                "of stage %d microbatch %d",
+                                rt->timeout_s, what, a, b);
+    }
+    return PC_OK;
+}
+
+static bool inputs_ready(PcRuntime *rt, int s, int m) { return MB(rt, s, m)->in_missing == 0; }
+
+static bool grads_ready(PcRuntime *rt, int s, int m) {
+    MbState *x = MB(rt, s, m);
+    for (int o = 0; o < rt->st[s].d.n_out; o++)
+        if (x->gout_missing[o] > 0) return false;
+    return true;
+}
+
+/* ---- transfers (mutex held by caller where noted) ---- */
+
+/* Deliver output o of stage s, microbatch m, to consumers on ranks selected by `remote`
+ * (true: other ranks, false: the same rank as s). */
+static void deliver_forward(PcRuntime *rt, int s, int m, bool remote) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    pthread_mutex_lock(&rt->mu);
+    for (int o = 0; o < st->d.n_out; o++) {
+        for (int c = 0; c < st->n_cons[o]; c++) {
+            Consumer cn = st->cons[o][c];
+            bool is_remote = rt->st[cn.stage].d.rank != st->d.rank;
+            if (is_remote != remote) continue;
+            MbState *y = MB(rt, cn.stage, m);
+            if (y->in[cn.input]) continue; /* already delivered */
+            pc_tensor_incref(x->out[o]);
+            y->in[cn.input] = x->out[o];
+            y->in_grad[cn.input] = x->out[o]->requires_grad;
+            y->in_missing--;
+        }
+    }
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+}
+
+/* Send input gradients of stage s, microbatch m, to producers (remote or local). */
+static PcStatus deliver_backward(PcRuntime *rt, int s, int m, bool remote) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    PcStatus status = PC_OK;
+    pthread_mutex_lock(&rt->mu);
+    for (int k = 0; k < st->d.n_in && status == PC_OK; k++) {
+        PcStageInput src = st->in[k];
+        if (src.src_stage < 0) continue;
+        bool is_remote = rt->st[src.src_stage].d.rank != st->d.rank;
+        if (is_remote != remote) continue;
+        MbState *p = MB(rt, src.src_stage, m);
+        if (p->gout_missing[src.src_idx] <= 0) continue;
+        PcTensor *g = x->gin[k];
+        x->gin[k] = NULL;
+        if (g) {
+            PcDevice dev = rt->st[src.src_stage].d.device;
+            if (!pc_device_eq(g->device, dev)) {
+                PcTensor *moved;
+                status = pc_op_to(g, g->dtype, dev, &moved);
+                pc_tensor_decref(g);
+                g = status == PC_OK ? moved : NULL;
+            }
+            if (g && p->gout[src.src_idx]) {
+                PcTensor *sum;
+                status = pc_op_binary(PC_B_ADD, p->gout[src.src_idx], g, 1.0, &sum);
+                pc_tensor_decref(g);
+                if (status == PC_OK) {
+                    pc_tensor_decref(p->gout[src.src_idx]);
+                    p->gout[src.src_idx] = sum;
+                }
+            } else if (g) {
+                p->gout[src.src_idx] = g;
+            }
+        }
+        p->gout_missing[src.src_idx]--;
+    }
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    return status;
+}
+
+/* ---- compute actions ---- */
+
+static PcStatus do_forward(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    PcStatus status;
+    if (x->fwd_done)
+        return pc_set_error(PC_ERR_RUNTIME, "schedule error: stage %d forward of microbatch %d "
+                                            "ran twice", s, m);
+    pthread_mutex_lock(&rt->mu);
+    status = wait_for(rt, inputs_ready, s, m, "inputs");
+    pthread_mutex_unlock(&rt->mu);
+    PC_TRY(status);
+    PcTensor **leaves = calloc((size_t)(st->d.n_in + 1), sizeof(PcTensor *));
+    if (!leaves) return pc_set_error(PC_ERR_OOM, "out of host memory in forward");
+    for (int k = 0; k < st->d.n_in; k++) {
+        PcTensor *v;
+        bool grad;
+        if (st->in[k].src_stage < 0) {
+            v = rt->model_in[m * rt->n_model_in + st->in[k].src_idx];
+            grad = false;
+        } else {
+            v = x->in[k];
+            grad = x->in_grad[k] && rt->training;
+        }
+        PcTensor *leaf;
+        bool was = pc_grad_enabled();
+        pc_set_grad_enabled(false);
+        status = pc_device_eq(v->device, st->d.device) ? pc_op_detach(v, &leaf)
+                                                        : pc_op_to(v, v->dtype, st->d.device, &leaf);
+        if (status == PC_OK && leaf == v) { /* pc_op_to returned v itself: make a leaf */
+            pc_tensor_decref(leaf);
+            status = pc_op_detach(v, &leaf);
+        }
+        pc_set_grad_enabled(was);
+        if (status != PC_OK) goto out;
+        leaf->requires_grad = grad && pc_dtype_is_float(leaf->dtype);
+        leaves[k] = leaf;
+    }
+    /* the stored inputs become the leaves (keeps them for backward) */
+    for (int k = 0; k < st->d.n_in; k++) {
+        pc_tensor_decref(x->in[k]);
+        x->in[k] = leaves[k];
+        leaves[k] = NULL;
+    }
+    {
+        bool was = pc_grad_enabled();
+        pc_set_grad_enabled(rt->training);
+        status = pc_program_run(st->d.prog, x->in, st->d.ext, x->out);
+        if (status == PC_OK && st->is_last && rt->cb.loss)
+            status = rt->cb.loss(rt->cb.ctx, s, m, st->d.n_out, x->out, &x->loss);
+        pc_set_grad_enabled(was);
+    }
+    if (status != PC_OK) goto out;
+    x->fwd_done = true;
+    deliver_forward(rt, s, m, false);
+out:
+    for (int k = 0; k < st->d.n_in; k++) pc_tensor_decref(leaves[k]);
+    free(leaves);
+    return status;
+}
+
+/* Input-gradient half of the backward (also the whole backward for dW stages). */
+static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    PcStatus status;
+    if (!x->fwd_done)
+        return pc_set_error(PC_ERR_RUNTIME, "schedule error: backward of stage %d microbatch %d "
+                                            "before its forward", s, m);
+    if (x->bwd_done)
+        return pc_set_error(PC_ERR_RUNTIME, "schedule error: stage %d backward of microbatch %d "
+                                            "ran twice", s, m);
+    if (!st->is_last) {
+        pthread_mutex_lock(&rt->mu);
+        status = wait_for(rt, grads_ready, s, m, "output gradients");
+        pthread_mutex_unlock(&rt->mu);
+        PC_TRY(status);
+    }
+    int n_roots = 0, n_grad_in = 0;
+    PcTensor *roots[PC_CALL_MAX_IN], *grads[PC_CALL_MAX_IN], *inputs[PC_CALL_MAX_IN];
+    int in_pos[PC_CALL_MAX_IN];
+    if (st->is_last) {
+        if (!x->loss)
+            return pc_set_error(PC_ERR_RUNTIME, "the last stage has no loss to backward: pass "
+                                                "loss_fn to the schedule");
+        roots[n_roots] = x->loss;
+        grads[n_roots++] = NULL;
+    } else {
+        for (int o = 0; o < st->d.n_out && n_roots < PC_CALL_MAX_IN; o++) {
+            if (!x->gout[o] || !x->out[o]->requires_grad) continue;
+            roots[n_roots] = x->out[o];
+            grads[n_roots++] = x->gout[o];
+        }
+    }
+    for (int k = 0; k < st->d.n_in && n_grad_in < PC_CALL_MAX_IN; k++) {
+        if (x->in[k] && x->in[k]->requires_grad) {
+            in_pos[n_grad_in] = k;
+            inputs[n_grad_in++] = x->in[k];
+        }
+    }
+    PcTensor *res[PC_CALL_MAX_IN] = {NULL};
+    bool has_dw = rt->cb.has_dw && rt->cb.has_dw(rt->cb.ctx, s);
+    if (n_roots > 0 && roots[0]->requires_grad) {
+        if (has_dw || full) {
+            /* full backward: weights accumulate now (a dW stage defers them itself) */
+            status = pc_autograd_backward(n_roots, roots, grads, false);
+            for (int i = 0; status == PC_OK && i < n_grad_in; i++) {
+                res[i] = inputs[i]->grad;
+                inputs[i]->grad = NULL;
+            }
+        } else {
+            status = pc_autograd_backward_input(n_roots, roots, grads, n_grad_in, inputs, res,
+                                                &x->work);
+        }
+        if (status != PC_OK) return status;
+    }
+    for (int i = 0; i < n_grad_in; i++) x->gin[in_pos[i]] = res[i];
+    x->bwd_done = true;
+    return deliver_backward(rt, s, m, false);
+}
+
+static PcStatus do_backward_weight(PcRuntime *rt, int s, int m) {
+    MbState *x = MB(rt, s, m);
+    PcStatus status = PC_OK;
+    if (!x->bwd_done)
+        return pc_set_error(PC_ERR_RUNTIME, "schedule error: W of stage %d microbatch %d before "
+                                            "its I", s, m);
+    if (rt->cb.has_dw && rt->cb.has_dw(rt->cb.ctx, s)) {
+        status = rt->cb.dw(rt->cb.ctx, s, m);
+    } else if (x->work) {
+        status = pc_weight_work_run(x->work, false);
+        pc_weight_work_free(x->work);
+        x->work = NULL;
+    }
+    /* activations are no longer needed (last-stage outputs stay for merging) */
+    if (!rt->st[s].is_last) decref_array(x->out, rt->st[s].d.n_out);
+    decref_array(x->in, rt->st[s].d.n_in);
+    decref_array(x->gout, rt->st[s].d.n_out);
+    return status;
+}
+
+/* ---- the rank loop ---- */
+
+static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
+    if (type == PC_ACT_UNSHARD || type == PC_ACT_RESHARD || type == PC_ACT_REDUCE_GRAD)
+        return PC_OK;
+    if (s < 0 || s >= rt->n_stages || m < 0 || m >= rt->n_mb)
+        return pc_set_error(PC_ERR_INVALID, "schedule action refers to stage %d microbatch %d "
+                                            "(pipeline has %d stages, %d microbatches)",
+                            s, m, rt->n_stages, rt->n_mb);
+    bool bwd = type == PC_ACT_B || type == PC_ACT_I || type == PC_ACT_W ||
+               type == PC_ACT_SEND_B || type == PC_ACT_RECV_B;
+    if (bwd && !rt->training) return PC_OK;
+    switch (type) {
+    case PC_ACT_F: return do_forward(rt, s, m);
+    case PC_ACT_I: return do_backward_input(rt, s, m, false);
+    case PC_ACT_W: return do_backward_weight(rt, s, m);
+    case PC_ACT_B:
+        PC_TRY(do_backward_input(rt, s, m, false));
+        return do_backward_weight(rt, s, m);
+    case PC_ACT_SEND_F:
+        if (!MB(rt, s, m)->fwd_done)
+            return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_F of stage %d microbatch "
+                                                "%d before its forward", s, m);
+        deliver_forward(rt, s, m, true);
+        return PC_OK;
+    case PC_ACT_RECV_F: {
+        pthread_mutex_lock(&rt->mu);
+        PcStatus st = wait_for(rt, inputs_ready, s, m, "inputs");
+        pthread_mutex_unlock(&rt->mu);
+        return st;
+    }
+    case PC_ACT_SEND_B:
+        if (!MB(rt, s, m)->bwd_done)
+            return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_B of stage %d microbatch "
+                                                "%d before its backward", s, m);
+        return deliver_backward(rt, s, m, true);
+    case PC_ACT_RECV_B: {
+        pthread_mutex_lock(&rt->mu);
+        PcStatus st = wait_for(rt, grads_ready, s, m, "output gradients");
+        pthread_mutex_unlock(&rt->mu);
+        return st;
+    }
+    default: break;
+    }
+    return pc_set_error(PC_ERR_INVALID, "runtime: unsupported action type %s",
+                        pc_act_type_name(type));
+}
+
+static void record_event(PcRuntime *rt, int rank, const PcAction *a, double t0, double t1) {
+    pthread_mutex_lock(&rt->mu);
+    if (rt->n_events == rt->cap_events) {
+        int nc = rt->cap_events ? rt->cap_events * 2 : 256;
+        PcTimelineEvent *e = realloc(rt->events, sizeof *e * (size_t)nc);
+        if (!e) {
+            pthread_mutex_unlock(&rt->mu);
+            return;
+        }
+        rt->events = e;
+        rt->cap_events = nc;
+    }
+    PcTimelineEvent *ev = &rt->events[rt->n_events++];
+    ev->rank = rank;
+    pc_action_format(a, ev->action, sizeof ev->action);
+    ev->start_us = t0;
+    ev->end_us = t1;
+    pthread_mutex_unlock(&rt->mu);
+}
+
+PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions) {
+    PcStatus status = PC_OK;
+    for (int i = 0; i < actions->len && status == PC_OK; i++) {
+        const PcAction *a = &actions->items[i];
+        if (a->type == PC_ACT_IDLE) continue;
+        double t0 = rt->record ? now_us(rt) : 0;
+        PcActionSub leaves[PC_ACTION_MAX_SUB];
+        int n = pc_action_leaves(a, leaves);
+        for (int j = 0; j < n && status == PC_OK; j++) {
+            if (leaves[j].stage >= 0 && leaves[j].stage < rt->n_stages &&
+                rt->st[leaves[j].stage].d.rank != rank) {
+                status = pc_set_error(PC_ERR_INVALID, "schedule error: rank %d was given action "
+                                                      "for stage %d, which runs on rank %d",
+                                      rank, leaves[j].stage, rt->st[leaves[j].stage].d.rank);
+                break;
+            }
+            status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
+        }
+        if (status == PC_OK && rt->record && (pc_act_type_is_compute(a->type)))
+            record_event(rt, rank, a, t0, now_us(rt));
+        if (status != PC_OK) {
+            char txt[PC_ACTION_TEXT_MAX];
+            pc_action_format(a, txt, sizeof txt);
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", pc_last_error());
+            if (!strstr(msg, "pipeline aborted"))
+                pc_set_error(status, "rank %d, action %s (step %d): %s", rank, txt, i, msg);
+        }
+    }
+    if (status != PC_OK) {
+        pthread_mutex_lock(&rt->mu);
+        if (!rt->failed) {
+            rt->failed = true;
+            rt->failed_rank = rank;
+        }
+        pthread_cond_broadcast(&rt->cv);
+        pthread_mutex_unlock(&rt->mu);
+    }
+    return status;
+}
+
+PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs) {
+    RtStage *st = &rt->st[rt->n_stages - 1];
+    MbState *x = MB(rt, rt->n_stages - 1, mb);
+    *n_out = st->d.n_out;
+    *outs = x->out;
+    if (!x->fwd_done)
+        return pc_set_error(PC_ERR_RUNTIME, "microbatch %d never reached the last stage", mb);
+    return PC_OK;
+}
+
+PcTensor *pc_runtime_loss(PcRuntime *rt, int mb) { return MB(rt, rt->n_stages - 1, mb)->loss; }
+
+int pc_runtime_timeline(const PcRuntime *rt, const PcTimelineEvent **events) {
+    *events = rt->events;
+    return rt->n_events;
+}

@@ -1,0 +1,101 @@
+/* runtime.h — executes pipeline schedules: one rank's lowered action list at a time, with
+ * the GIL released, over stage Programs.
+ *
+ * A PcRuntime holds every stage of a pipeline that this process runs (all of them for
+ * LocalPipeline) and per-microbatch state. Ranks are driven by pc_runtime_run_rank, one
+ * host thread per rank; they exchange activations and gradients through the runtime's
+ * in-process mailboxes (send never blocks; receive waits with a deadline and gives up when
+ * another rank failed).
+ *
+ * Data flow (general stage graphs, skip connections included): stage input k comes from a
+ * model input or from output o of an earlier stage; an output may feed several later stages
+ * and its gradient is the sum of what they send back.
+ *   F  runs the stage Program with autograd (inputs are fresh leaves); on the last stage the
+ *      loss callback turns outputs + target into the microbatch loss.
+ *   I  computes input gradients and queues weight work (split backward); W runs it (or the
+ *      stage's dW callback when the stage has one).
+ *   B  is I followed by W (bitwise equal to a full backward).
+ *   SEND_F / SEND_B post values to consumers on other ranks; RECV_F / RECV_B wait for them.
+ *   Values for a consumer on the same rank are handed over at F / backward time.
+ *   REDUCE_GRAD, UNSHARD, RESHARD: no-ops (no data parallelism here).
+ *   OVERLAP_F_B runs its sub-actions in order.
+ * Callbacks into Python (loss, dW, after each microbatch's output) are function pointers
+ * supplied by csrc/py/, which take the GIL themselves.
+ */
+#ifndef PC_RUNTIME_RUNTIME_H
+#define PC_RUNTIME_RUNTIME_H
+
+#include "../graph/program.h"
+#include "../sched/action.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct PcRuntime PcRuntime;
+
+/* Callbacks (ctx is the runtime's `cb_ctx`). Each returns a status; PC_ERR_PYTHON keeps the
+ * Python error for the thread that called pc_runtime_run_rank. */
+typedef struct PcRuntimeCallbacks {
+    void *ctx;
+    /* loss = loss_fn(outputs, target of microbatch mb). New reference in *loss. */
+    PcStatus (*loss)(void *ctx, int stage, int mb, int n_out, PcTensor *const *outs,
+                     PcTensor **loss);
+    /* the stage's custom weight-gradient work for microbatch mb (dw_builder), or NULL */
+    PcStatus (*dw)(void *ctx, int stage, int mb);
+    /* true when stage has a dw_builder */
+    bool (*has_dw)(void *ctx, int stage);
+} PcRuntimeCallbacks;
+
+/* Where a stage input comes from: a model input (src_stage == -1, src_idx = input number)
+ * or output src_idx of stage src_stage. */
+typedef struct PcStageInput {
+    int src_stage;
+    int src_idx;
+} PcStageInput;
+
+typedef struct PcRuntimeStageDesc {
+    int rank;                 /* rank that runs this stage */
+    PcDevice device;
+    const PcProgram *prog;    /* borrowed for the runtime's lifetime */
+    int n_ext;
+    PcTensor *const *ext;     /* borrowed: parameters/buffers, in the Program's order */
+    int n_in;
+    const PcStageInput *in;   /* [n_in] */
+    int n_out;
+} PcRuntimeStageDesc;
+
+/* Build a runtime for n_stages stages and n_mb microbatches. The last stage's outputs are
+ * the model outputs (loss inputs). Copies the descriptions. */
+PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n_mb,
+                           const PcRuntimeCallbacks *cb, double timeout_s, PcRuntime **out);
+void pc_runtime_free(PcRuntime *rt);
+
+/* Start a step: model inputs per microbatch (inputs[mb * n_model_in + i], borrowed);
+ * training = run backward work (false for eval: B/I/W actions are skipped). Clears state. */
+PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *inputs,
+                               bool training, bool record_timeline);
+
+/* Run one rank's actions (lowered with communication) to completion. Thread-safe across
+ * distinct ranks. On failure marks the runtime failed so that waiting ranks give up. */
+PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions);
+
+/* Results after all ranks ran: last-stage outputs of mb (new references) and its loss
+ * (new reference or NULL). */
+PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs);
+PcTensor *pc_runtime_loss(PcRuntime *rt, int mb);
+/* Drop per-step state (activations, graphs, received buffers). */
+void pc_runtime_end_step(PcRuntime *rt);
+
+/* Timeline of the last step: n events of (rank, action text, start_us, end_us). */
+typedef struct PcTimelineEvent {
+    int rank;
+    char action[PC_ACTION_TEXT_MAX];
+    double start_us, end_us;
+} PcTimelineEvent;
+int pc_runtime_timeline(const PcRuntime *rt, const PcTimelineEvent **events);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PC_RUNTIME_RUNTIME_H */

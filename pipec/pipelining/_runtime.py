@@ -1,0 +1,483 @@
+"""Schedule classes and LocalPipeline on top of the C runtime (csrc/runtime/).
+
+Python here only prepares a step: it splits inputs into microbatches, turns the schedule
+into lowered per-rank action lists (the C generators in csrc/sched/), and starts one host
+thread per rank; each thread runs its whole action list in C with the GIL released. Python
+runs again only for the loss function, custom autograd Functions and dW runners.
+"""
+
+import threading
+import time
+
+from .. import _C
+from ..autograd import is_grad_enabled
+from . import microbatch as _mb
+from . import schedules as _sched
+from .stage import PipelineStage, _stage_from_pipe
+
+__all__ = ["PipelineScheduleSingle", "PipelineScheduleMulti", "ScheduleGPipe", "Schedule1F1B",
+           "ScheduleInterleaved1F1B", "ScheduleLoopedBFS", "ScheduleInterleavedZeroBubble",
+           "ScheduleZBVZeroBubble", "ScheduleDualPipeV", "get_schedule_class", "LocalPipeline"]
+
+Tensor = _C.Tensor
+
+
+# ---- the executor shared by schedules and LocalPipeline ----
+
+class _Executor:
+    """Runs a schedule over stages that all live in this process.
+
+    stages: PipelineStage objects for every stage (any order); ranks: stage -> rank;
+    orders: per-rank lowered action lists (strings)."""
+
+    def __init__(self, stages, stage_to_rank, orders, n_microbatches, loss_fn, scale_grads,
+                 timeout=300.0):
+        self.stages = sorted(stages, key=lambda s: s.stage_index)
+        idx = [s.stage_index for s in self.stages]
+        if idx != list(range(len(idx))):
+            raise ValueError(f"the pipeline's stages must be 0..{len(idx) - 1}, got {idx}")
+        self.stage_to_rank = stage_to_rank
+        self.orders = orders
+        self.n_microbatches = n_microbatches
+        self.loss_fn = loss_fn
+        self.scale_grads = scale_grads
+        self.timeout = timeout
+        self._rt = None
+        self._targets = None
+        self._timeline = []
+
+    # -- building the runtime on the first step (traces manual stages) --
+
+    def _wiring(self, example_chunk):
+        """(input sources per stage, number of model inputs, flattened model inputs)."""
+        pipe_stage = self.stages[0]._pipe_wiring
+        if pipe_stage is not None:
+            pipe = pipe_stage[0]
+            produced = {}
+            srcs_all = []
+            for st in self.stages:
+                in_slots, out_slots = pipe.stage_wiring(st.stage_index)
+                srcs = []
+                for s in in_slots:
+                    if s in produced:
+                        srcs.append(produced[s])
+                    elif s in pipe._input_slots:
+                        srcs.append((-1, pipe._input_slots.index(s)))
+                    else:
+                        raise RuntimeError(f"stage {st.stage_index} input slot {s} has no "
+                                           "producer")
+                for o, s in enumerate(out_slots):
+                    produced[s] = (st.stage_index, o)
+                srcs_all.append(srcs)
+            return srcs_all
+        # manual stages form a chain: stage i's inputs are stage i-1's outputs in order
+        srcs_all = []
+        n_prev = None
+        for st in self.stages:
+            if st.stage_index == 0:
+                srcs_all.append([(-1, k) for k in range(len(example_chunk))])
+            else:
+                srcs_all.append([(st.stage_index - 1, k) for k in range(n_prev)])
+            n_prev = len(st._program.output_slots)
+        return srcs_all
+
+    def _trace_chain(self, example_inputs):
+        """Trace manual stages one after another on the first microbatch."""
+        from ..autograd import no_grad
+        vals = list(example_inputs)
+        for st in self.stages:
+            if st._program is None:
+                dev = str(st.device)
+                vals = [v.to(dev) if isinstance(v, Tensor) else v for v in vals]
+                st._ensure_program(vals)
+            prog = st._program
+            with no_grad():
+                outs = prog.run(vals, st._externals())
+            vals = list(outs)
+
+    def _build(self, first_chunk):
+        if self.stages[0]._pipe_wiring is None:
+            self._trace_chain(first_chunk)
+        srcs = self._wiring(first_chunk)
+        desc = []
+        for st, s in zip(self.stages, srcs):
+            prog = st._program
+            desc.append((self.stage_to_rank[st.stage_index], str(st.device), prog,
+                         list(st._externals()), list(s), len(prog.output_slots)))
+        dw = {st.stage_index: (lambda b=st.dw_builder: (lambda mb: b()()))()
+              for st in self.stages if st.dw_builder is not None}
+        self._rt = _C.Runtime(desc, self.n_microbatches,
+                              self._loss if self.loss_fn is not None else None, dw or None,
+                              self.timeout)
+
+    def _loss(self, outputs, mb):
+        out = outputs[0] if len(outputs) == 1 else outputs
+        return self.loss_fn(out, self._targets[mb])
+
+    # -- one step --
+
+    def run(self, arg_mbs, target_mbs, losses, training, record_timeline=False):
+        leaves = []
+        n_in = None
+        for chunk in arg_mbs:
+            ts = [a for a in chunk if isinstance(a, Tensor)]
+            if n_in is None:
+                n_in = len(ts)
+            leaves += ts
+        if self._rt is None:
+            self._build([a for a in arg_mbs[0] if isinstance(a, Tensor)])
+        self._targets = target_mbs
+        self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
+        errors = {}
+
+        def worker(rank):
+            try:
+                self._rt.run_rank(rank, self.orders[rank])
+            except BaseException as e:  # reported after all threads stop
+                errors[rank] = e
+
+        ranks = sorted(self.orders)
+        if len(ranks) == 1:
+            worker(ranks[0])
+        else:
+            threads = [threading.Thread(target=worker, args=(r,), name=f"pipec-rank{r}")
+                       for r in ranks]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        try:
+            if errors:
+                # the first failing rank's error is the cause; others were aborted
+                rank = min(errors, key=lambda r: (
+                    "pipeline aborted" in str(errors[r]), r))
+                raise errors[rank]
+            outs = [self._rt.outputs(m) for m in range(self.n_microbatches)]
+            if losses is not None:
+                losses.clear()
+                for m in range(self.n_microbatches):
+                    losses.append(self._rt.loss(m))
+            if training and self.scale_grads and self.n_microbatches > 1:
+                seen = set()
+                for st in self.stages:
+                    for p in st.submod.parameters():
+                        if p.grad is not None and id(p) not in seen:
+                            seen.add(id(p))
+                            p.grad.mul_(1.0 / self.n_microbatches)
+            if record_timeline:
+                self._timeline = self._rt.timeline()
+            return outs
+        finally:
+            self._rt.end_step()
+            self._targets = None
+
+
+def _split_inputs(args, kwargs, n, args_chunk_spec, kwargs_chunk_spec):
+    if kwargs:
+        raise NotImplementedError("keyword inputs to pipelined steps are not supported yet; "
+                                  "pass tensors positionally")
+    arg_mbs, _ = _mb.split_args_kwargs_into_chunks(tuple(args), {}, n, args_chunk_spec,
+                                                    kwargs_chunk_spec)
+    return arg_mbs
+
+
+def _split_target(target, n):
+    if target is None:
+        return None
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
+    if target.ndim == 0 or target.shape[0] < n:
+        raise ValueError(f"target's batch ({target.shape[0] if target.ndim else 0}) is smaller "
+                         f"than n_microbatches ({n})")
+    from .._tensor import tensor_split
+    return list(tensor_split(target, n, 0))
+
+
+def _merge(outs, output_merge_spec):
+    chunks = [o[0] if len(o) == 1 else tuple(o) for o in outs]
+    return _mb.merge_chunks(chunks, output_merge_spec)
+
+
+# ---- schedule classes ----
+
+class _PipelineSchedule:
+    """Common step()/eval() of every schedule (torch's contract, section 4.1 of the spec)."""
+
+    _name = None          # generator name in csrc/sched
+    _style = "loop"
+    _multi = True
+
+    def __init__(self, stages, n_microbatches, loss_fn=None, args_chunk_spec=None,
+                 kwargs_chunk_spec=None, output_merge_spec=None, scale_grads=True,
+                 pp_size=None):
+        if isinstance(stages, PipelineStage):
+            stages = [stages]
+        stages = list(stages)
+        if not stages or not all(isinstance(s, PipelineStage) for s in stages):
+            raise TypeError(f"{type(self).__name__} expects PipelineStage objects")
+        if not isinstance(n_microbatches, int) or n_microbatches < 1:
+            raise ValueError(f"n_microbatches must be a positive int, got {n_microbatches!r}")
+        self._stages = stages
+        self._n_microbatches = n_microbatches
+        self._loss_fn = loss_fn
+        self._args_chunk_spec = args_chunk_spec
+        self._kwargs_chunk_spec = kwargs_chunk_spec
+        self._output_merge_spec = output_merge_spec
+        self.scale_grads = scale_grads
+        num_stages = stages[0].num_stages
+        local = len(stages)
+        if pp_size is None:
+            pp_size = max(1, num_stages // local)
+        self.pp_size = pp_size
+        self._num_stages = num_stages
+        self.stages_per_rank = num_stages // pp_size
+        if num_stages != pp_size * self.stages_per_rank:
+            raise ValueError(f"{num_stages} stages cannot be spread evenly over {pp_size} ranks")
+        # the compute order and its lowering (raise ValueError for invalid configurations)
+        self.pipeline_order = self._compute_order()
+        self._executor = None
+
+    def _compute_order(self):
+        if not self._multi and self.stages_per_rank != 1:
+            raise ValueError(f"{type(self).__name__} runs one stage per rank")
+        rows = _C._sched_generate(self._name, self.pp_size, self.stages_per_rank,
+                                  self._n_microbatches, fix_1f1b=True)
+        return {r: list(row) for r, row in enumerate(rows)}
+
+    def _lowered(self):
+        order = [self.pipeline_order[r] for r in range(self.pp_size)]
+        mapping = [_C._sched_stage_to_rank(self._style, self.pp_size, self._num_stages)[s]
+                   for s in range(self._num_stages)]
+        rows = _sched.lower(order, self._n_microbatches, mapping, merge_bw=False, unshard=False)
+        return {r: rows[r] for r in range(self.pp_size)}, mapping
+
+    def _ensure_executor(self):
+        if self._executor is None:
+            if len(self._stages) != self._num_stages:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: this process holds {len(self._stages)} of "
+                    f"{self._num_stages} stages; multi-process pipelines need "
+                    "pipec.distributed (not available yet). Use LocalPipeline to run every "
+                    "rank in this process.")
+            orders, mapping = self._lowered()
+            self._executor = _Executor(self._stages, mapping, orders, self._n_microbatches,
+                                       self._loss_fn, self.scale_grads)
+        return self._executor
+
+    def _run(self, args, kwargs, target, losses, return_outputs, training):
+        if training and not is_grad_enabled():
+            raise RuntimeError("step() requires gradients: grad mode is disabled (use eval() "
+                               "for inference)")
+        if losses is not None and not isinstance(losses, list):
+            raise TypeError(f"losses must be a list, got {type(losses).__name__}")
+        if self._loss_fn is not None and target is None and (training or losses is not None):
+            raise RuntimeError("this schedule has a loss_fn: pass target= to step()")
+        if training and self._loss_fn is None:
+            raise RuntimeError("training needs a loss_fn (give it to the schedule), or call "
+                               "eval() for inference")
+        ex = self._ensure_executor()
+        arg_mbs = _split_inputs(args, kwargs, self._n_microbatches, self._args_chunk_spec,
+                                self._kwargs_chunk_spec)
+        target_mbs = _split_target(target, self._n_microbatches) if self._loss_fn else None
+        outs = ex.run(arg_mbs, target_mbs, losses, training)
+        if not return_outputs:
+            return None
+        return _merge(outs, self._output_merge_spec)
+
+    def step(self, *args, target=None, losses=None, return_outputs=True, **kwargs):
+        """Run one training step over the whole batch: forward and backward of every
+        microbatch in the schedule's order. Gradients accumulate into the stages'
+        parameters; per-microbatch losses go into ``losses``. Returns the merged output."""
+        return self._run(args, kwargs, target, losses, return_outputs, training=True)
+
+    def eval(self, *args, target=None, losses=None, **kwargs):
+        """Forward only (losses still computed when a target is given)."""
+        return self._run(args, kwargs, target, losses, True, training=False)
+
+    def timeline(self):
+        """[(rank, action, start_us, end_us)] of the last step run with record_timeline."""
+        return list(self._executor._timeline) if self._executor else []
+
+
+class PipelineScheduleSingle(_PipelineSchedule):
+    _multi = False
+
+    def __init__(self, stage, n_microbatches, loss_fn=None, args_chunk_spec=None,
+                 kwargs_chunk_spec=None, output_merge_spec=None, scale_grads=True):
+        super().__init__([stage], n_microbatches, loss_fn, args_chunk_spec, kwargs_chunk_spec,
+                         output_merge_spec, scale_grads, pp_size=stage.num_stages)
+        self._stage = stage
+
+
+class PipelineScheduleMulti(_PipelineSchedule):
+    def __init__(self, stages, n_microbatches, loss_fn=None, args_chunk_spec=None,
+                 kwargs_chunk_spec=None, output_merge_spec=None, use_full_backward=None,
+                 scale_grads=True, backward_requires_autograd=True):
+        super().__init__(stages, n_microbatches, loss_fn, args_chunk_spec, kwargs_chunk_spec,
+                         output_merge_spec, scale_grads)
+
+
+class ScheduleGPipe(PipelineScheduleSingle):
+    """Fill-drain: all forwards, then all backwards."""
+    _name = "GPipe"
+
+
+class Schedule1F1B(PipelineScheduleSingle):
+    """One forward, one backward in the steady state (n_microbatches >= stages)."""
+    _name = "1F1B"
+
+
+class ScheduleInterleaved1F1B(PipelineScheduleMulti):
+    """Several stages per rank (loop placement), depth-first 1F1B."""
+    _name = "Interleaved1F1B"
+
+
+class ScheduleLoopedBFS(PipelineScheduleMulti):
+    """Several stages per rank, breadth-first (GPipe per stage)."""
+    _name = "LoopedBFS"
+
+    def __init__(self, stages, n_microbatches, loss_fn=None, output_merge_spec=None,
+                 scale_grads=True, backward_requires_autograd=True):
+        super().__init__(stages, n_microbatches, loss_fn, None, None, output_merge_spec,
+                         scale_grads=scale_grads)
+
+
+class ScheduleInterleavedZeroBubble(PipelineScheduleMulti):
+    """ZB1P: input gradients (I) and weight gradients (W) scheduled separately."""
+    _name = "InterleavedZeroBubble"
+
+
+class ScheduleZBVZeroBubble(PipelineScheduleMulti):
+    """ZB-V: two stages per rank in a V, split backward."""
+    _name = "ZBVZeroBubble"
+    _style = "v"
+
+
+class ScheduleDualPipeV(PipelineScheduleMulti):
+    """DualPipe 'cut in half': two stages per rank in a V, overlapped F and B."""
+    _name = "DualPipeV"
+    _style = "v"
+
+
+_CLASSES = {
+    "1F1B": Schedule1F1B, "Interleaved1F1B": ScheduleInterleaved1F1B, "GPipe": ScheduleGPipe,
+    "LoopedBFS": ScheduleLoopedBFS, "InterleavedZeroBubble": ScheduleInterleavedZeroBubble,
+    "PipelineScheduleSingle": PipelineScheduleSingle,
+    "PipelineScheduleMulti": PipelineScheduleMulti, "ZBVZeroBubble": ScheduleZBVZeroBubble,
+    "DualPipeV": ScheduleDualPipeV,
+}
+
+
+def get_schedule_class(schedule_name):
+    """The schedule class for a name (case-insensitive), e.g. ``"1F1B"``."""
+    if not isinstance(schedule_name, str):
+        raise TypeError(f"schedule name must be a str, got {type(schedule_name).__name__}")
+    for k, v in _CLASSES.items():
+        if k.lower() == schedule_name.lower():
+            return v
+    raise ValueError(f"Unknown schedule name '{schedule_name}'. The valid options are "
+                     f"{list(_CLASSES)}")
+
+
+# ---- LocalPipeline ----
+
+class LocalPipeline:
+    """Every rank of a pipeline driven from this process, one host thread per rank.
+
+    pipe_or_stages: a Pipe (from pipeline()) or a list of PipelineStage / stage modules;
+    schedule: a name (``"1F1B"``, ``"ZBVZeroBubble"``...) or schedule class;
+    devices: one device per rank (``["cpu"] * k`` or ``["cuda:0", "cuda:1"]``); the number of
+    ranks is ``len(devices)`` and each rank gets ``num_stages / len(devices)`` stages
+    (loop placement, or V placement for the V schedules).
+
+    ``step(*args, target=, losses=, return_outputs=True)`` has a schedule's contract. The
+    given Pipe's stage modules are trained in place."""
+
+    def __init__(self, pipe_or_stages, schedule, n_microbatches, devices, loss_fn=None,
+                 args_chunk_spec=None, kwargs_chunk_spec=None, output_merge_spec=None,
+                 scale_grads=True, dw_builders=None, timeout=300.0):
+        from ._IR import Pipe
+        cls = get_schedule_class(schedule) if isinstance(schedule, str) else schedule
+        if not (isinstance(cls, type) and issubclass(cls, _PipelineSchedule)) or cls._name is None:
+            raise TypeError(f"schedule must be a schedule name or class, got {schedule!r}")
+        devices = list(devices)
+        if not devices:
+            raise ValueError("LocalPipeline needs at least one device")
+        pp = len(devices)
+        dw_builders = dict(dw_builders or {})
+        if isinstance(pipe_or_stages, Pipe):
+            n_stages = pipe_or_stages.num_stages
+        else:
+            n_stages = len(pipe_or_stages)
+        if n_stages % pp:
+            raise ValueError(f"{n_stages} stages cannot be spread over {pp} devices")
+        mapping = _C._sched_stage_to_rank(cls._style, pp, n_stages)
+        if isinstance(pipe_or_stages, Pipe):
+            stages = [_stage_from_pipe(pipe_or_stages, i, devices[mapping[i]],
+                                       dw_builder=dw_builders.get(i)) for i in range(n_stages)]
+        else:
+            stages = []
+            for i, s in enumerate(pipe_or_stages):
+                if isinstance(s, PipelineStage):
+                    stages.append(s)
+                else:
+                    s.to(devices[mapping[i]])
+                    stages.append(PipelineStage(s, i, n_stages, devices[mapping[i]],
+                                                dw_builder=dw_builders.get(i)))
+        self.pipe = pipe_or_stages if isinstance(pipe_or_stages, Pipe) else None
+        self.stages = stages
+        self.devices = devices
+        self.n_microbatches = n_microbatches
+        self._loss_fn = loss_fn
+        self._args_chunk_spec = args_chunk_spec
+        self._kwargs_chunk_spec = kwargs_chunk_spec
+        self._output_merge_spec = output_merge_spec
+        # a schedule object over all stages with pp ranks gives the order and its checks
+        self.schedule = cls.__new__(cls)
+        _PipelineSchedule.__init__(self.schedule, stages, n_microbatches, loss_fn,
+                                   args_chunk_spec, kwargs_chunk_spec, output_merge_spec,
+                                   scale_grads, pp_size=pp)
+        orders, mapping = self.schedule._lowered()
+        self._executor = _Executor(stages, mapping, orders, n_microbatches, loss_fn,
+                                   scale_grads, timeout)
+        self.schedule._executor = self._executor
+        self.last_step_seconds = None
+
+    @property
+    def pipeline_order(self):
+        return self.schedule.pipeline_order
+
+    def _run(self, args, kwargs, target, losses, return_outputs, training, record_timeline):
+        if training and not is_grad_enabled():
+            raise RuntimeError("step() requires gradients: grad mode is disabled (use eval())")
+        if training and self._loss_fn is None:
+            raise RuntimeError("training needs a loss_fn; call eval() for inference")
+        if self._loss_fn is not None and target is None and (training or losses is not None):
+            raise RuntimeError("this pipeline has a loss_fn: pass target= to step()")
+        if losses is not None and not isinstance(losses, list):
+            raise TypeError(f"losses must be a list, got {type(losses).__name__}")
+        first_dev = str(self.stages[0].device)
+        args = tuple(a.to(first_dev) if isinstance(a, Tensor) else a for a in args)
+        if target is not None and isinstance(target, Tensor):
+            target = target.to(str(self.stages[-1].device))
+        arg_mbs = _split_inputs(args, kwargs, self.n_microbatches, self._args_chunk_spec,
+                                self._kwargs_chunk_spec)
+        target_mbs = _split_target(target, self.n_microbatches) if self._loss_fn else None
+        t0 = time.perf_counter()
+        outs = self._executor.run(arg_mbs, target_mbs, losses, training, record_timeline)
+        self.last_step_seconds = time.perf_counter() - t0
+        if not return_outputs:
+            return None
+        return _merge(outs, self._output_merge_spec)
+
+    def step(self, *args, target=None, losses=None, return_outputs=True,
+             record_timeline=False, **kwargs):
+        """One training step over the batch (see the class docstring)."""
+        return self._run(args, kwargs, target, losses, return_outputs, True, record_timeline)
+
+    def eval(self, *args, target=None, losses=None, record_timeline=False, **kwargs):
+        return self._run(args, kwargs, target, losses, True, False, record_timeline)
+
+    def timeline(self):
+        """[(rank, action, start_us, end_us)] of the last step run with record_timeline=True."""
+        return list(self._executor._timeline)

@@ -1,0 +1,118 @@
+"""PipelineStage: one stage of a pipeline, as torch.distributed.pipelining's.
+
+A stage wraps a module (a ``Pipe`` stage module holding a traced C Program, or any
+``pipec.nn.Module``). The runtime executes stages as C Programs: a manual stage's module is
+traced on the first step with that step's first microbatch (pipec's form of torch's runtime
+shape inference), so its forward must be traceable (pipec ops, custom Functions).
+"""
+
+from .. import _C
+from .. import nn
+from .._types import device as _device_cls
+
+__all__ = ["PipelineStage", "build_stage"]
+
+
+class PipelineStage:
+    """One pipeline stage.
+
+    submodule: the stage's module; stage_index / num_stages: its place in the pipeline;
+    device: where it runs; input_args / output_args: example values (optional: shapes are
+    inferred when the first step runs); group: the process group of the pipeline (None: the
+    default group, or this process alone); dw_builder: a zero-argument callable returning a
+    function that computes this stage's weight gradients for one microbatch (used by W
+    actions of zero-bubble schedules, right after B otherwise)."""
+
+    def __init__(self, submodule, stage_index, num_stages, device, input_args=None,
+                 output_args=None, group=None, dw_builder=None):
+        if not isinstance(submodule, nn.Module):
+            raise TypeError(f"PipelineStage: submodule must be a pipec.nn.Module, got "
+                            f"{type(submodule).__name__}")
+        if not isinstance(num_stages, int) or num_stages < 1:
+            raise ValueError(f"PipelineStage: num_stages must be a positive int, got {num_stages!r}")
+        if not isinstance(stage_index, int) or not 0 <= stage_index < num_stages:
+            raise ValueError(f"Stage index {stage_index} is out of range of {num_stages}")
+        if dw_builder is not None and not callable(dw_builder):
+            raise TypeError("PipelineStage: dw_builder must be callable")
+        self.submod = submodule
+        self.stage_index = stage_index
+        self.num_stages = num_stages
+        self.device = _device_cls(device) if not isinstance(device, _device_cls) else device
+        self.group = group
+        self.dw_builder = dw_builder
+        self.inputs_meta = input_args
+        self.outputs_meta = output_args
+        # set when the stage comes from a Pipe (build_stage): its Program and wiring
+        self._program = getattr(submodule, "_program", None)
+        self._pipe_wiring = None
+
+    @property
+    def is_first(self):
+        return self.stage_index == 0
+
+    @property
+    def is_last(self):
+        return self.stage_index == self.num_stages - 1
+
+    def __repr__(self):
+        return (f"PipelineStage(stage_index={self.stage_index}, num_stages={self.num_stages}, "
+                f"device={self.device})")
+
+    # ---- program and parameters for the runtime ----
+
+    def _ensure_program(self, example_inputs):
+        """The stage's C Program, tracing the module on example inputs if needed."""
+        if self._program is not None:
+            return self._program
+        from ._IR import _trace
+        prog, _, _ = _trace(self.submod, tuple(example_inputs), {}, None)
+        names = {}
+        for name, p in self.submod.named_parameters():
+            names.setdefault(id(p), name)
+        for name, b in self.submod.named_buffers():
+            names.setdefault(id(b), name)
+        self._ext_names = []
+        for i in reversed(range(len(prog.external_slots))):
+            t = prog.external_tensor(i)
+            if t is None or id(t) not in names:
+                prog.make_const(i)
+        for i in range(len(prog.external_slots)):
+            self._ext_names.append(names[id(prog.external_tensor(i))])
+        if len(prog.output_slots) == 0:
+            raise ValueError(f"stage {self.stage_index}: the module returned no tensor")
+        self._program = prog
+        return prog
+
+    def _externals(self):
+        """Current parameter/buffer tensors in the Program's order."""
+        if hasattr(self.submod, "_externals") and getattr(self.submod, "_program", None) is self._program:
+            return list(self.submod._externals())
+        out = []
+        for name in self._ext_names:
+            *path, leaf = name.split(".")
+            mod = self.submod
+            for p in path:
+                mod = getattr(mod, p)
+            t = mod._parameters.get(leaf) if leaf in mod._parameters else mod._buffers.get(leaf)
+            out.append(t)
+        return out
+
+
+def _stage_from_pipe(pipe, stage_index, device, group=None, dw_builder=None):
+    mod = pipe.get_stage_module(stage_index)
+    mod.to(device)
+    mod.program.consts_to(str(device))
+    st = PipelineStage(mod, stage_index, pipe.num_stages, device, group=group,
+                       dw_builder=dw_builder)
+    st._pipe_wiring = (pipe, stage_index)
+    return st
+
+
+def build_stage(stage_module, stage_index, pipe_info, device, group=None):
+    """A PipelineStage for a module made by pipeline() (torch's build_stage)."""
+    if getattr(stage_module, "_program", None) is None:
+        raise TypeError("build_stage expects a stage module from pipeline(); use PipelineStage "
+                        "for hand-written stage modules")
+    stage_module.to(device)
+    stage_module.program.consts_to(str(device))
+    return PipelineStage(stage_module, stage_index, pipe_info.num_stages, device, group=group)
