@@ -354,9 +354,11 @@ PcStatus pc_program_run(const PcProgram *p, PcTensor *const *inputs,
     PcStatus st = PC_OK;
     PcTensor **env = calloc((size_t)(p->n_slots ? p->n_slots : 1), sizeof(PcTensor *));
     int *last = malloc(sizeof(int) * (size_t)(p->n_slots ? p->n_slots : 1));
-    if (!env || !last) {
+    bool *owned = calloc((size_t)(p->n_slots ? p->n_slots : 1), sizeof(bool));
+    if (!env || !last || !owned) {
         free(env);
         free(last);
+        free(owned);
         return pc_set_error(PC_ERR_OOM, "out of host memory running a program");
     }
     for (int s = 0; s < p->n_slots; s++) last[s] = -1;
@@ -392,6 +394,23 @@ PcStatus pc_program_run(const PcProgram *p, PcTensor *const *inputs,
             }
         }
         if (st != PC_OK) break;
+        if (pc_call_is_inplace(&in->call) && in->in[0] >= 0) {
+            /* functionalise writes into caller-owned inputs and constants: the first in-place
+             * write works on a (differentiable) copy, so replay never mutates what the caller
+             * passed (a stage input may be an autograd leaf) or the Program's constants */
+            int s0 = in->in[0];
+            if (p->kind[s0] == PC_SLOT_INPUT || p->kind[s0] == PC_SLOT_CONST) {
+                if (!owned[s0]) {
+                    PcTensor *copy;
+                    st = pc_op_clone(env[s0], &copy);
+                    if (st != PC_OK) break;
+                    pc_tensor_decref(env[s0]);
+                    env[s0] = copy;
+                    owned[s0] = true;
+                }
+                ins[0] = env[s0];
+            }
+        }
         PcTensor *outs[PC_INSTR_MAX_OUT] = {NULL};
         st = pc_call_run(&in->call, ins, outs);
         if (st != PC_OK) break;
@@ -427,6 +446,7 @@ PcStatus pc_program_run(const PcProgram *p, PcTensor *const *inputs,
     for (int s = 0; s < p->n_slots; s++) pc_tensor_decref(env[s]);
     free(env);
     free(last);
+    free(owned);
     return st;
 }
 

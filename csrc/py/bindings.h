@@ -37,6 +37,9 @@ int pc_py_trace_function(PyObject *cls, PyObject *fargs, PyObject *outseq);
 struct PcProgram;
 struct PcProgram *pc_py_program_ptr(PyObject *obj);
 
+/* comm_py.c: the communicator and store objects */
+int pc_py_comm_init(PyObject *module);
+
 /* runtime_py.c */
 int pc_py_runtime_init(PyObject *module);
 

@@ -14,6 +14,7 @@ int pc_py_methods_init(PyObject *module);  /* methods.c */
 __attribute__((weak)) int pc_py_add_cuda(PyObject *module) { (void)module; return 0; }
 __attribute__((weak)) int pc_py_add_dlpack(PyObject *module) { (void)module; return 0; }
 __attribute__((weak)) int pc_py_add_sched(PyObject *module) { (void)module; return 0; }
+__attribute__((weak)) int pc_py_comm_init(PyObject *module) { (void)module; return 0; }
 
 static int add_functions(PyObject *module, PyMethodDef *defs) {
     return PyModule_AddFunctions(module, defs);
@@ -38,6 +39,7 @@ static int pc_module_exec(PyObject *module) {
     if (pc_py_add_cuda(module) < 0) return -1;
     if (pc_py_add_dlpack(module) < 0) return -1;
     if (pc_py_add_sched(module) < 0) return -1;
+    if (pc_py_comm_init(module) < 0) return -1;
 #ifdef PC_WITH_CUDA
     if (PyModule_AddIntConstant(module, "_built_with_cuda", 1) < 0) return -1;
 #else

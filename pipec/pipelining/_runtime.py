@@ -127,6 +127,11 @@ class _Executor:
         if self._rt is None:
             self._build([a for a in arg_mbs[0] if isinstance(a, Tensor)])
         self._targets = target_mbs
+        # scale_grads divides only this step's gradients by n: the gradients accumulated by
+        # earlier steps are set aside and added back unscaled (torch divides the whole
+        # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
+        held = self._hold_grads() if training and self.scale_grads and \
+            self.n_microbatches > 1 else None
         self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         errors = {}
 
@@ -157,28 +162,49 @@ class _Executor:
                 losses.clear()
                 for m in range(self.n_microbatches):
                     losses.append(self._rt.loss(m))
-            if training and self.scale_grads and self.n_microbatches > 1:
-                seen = set()
-                for st in self.stages:
-                    for p in st.submod.parameters():
-                        if p.grad is not None and id(p) not in seen:
-                            seen.add(id(p))
-                            p.grad.mul_(1.0 / self.n_microbatches)
+            if held is not None:
+                for p, prev in held:
+                    if p.grad is not None:
+                        p.grad.mul_(1.0 / self.n_microbatches)
+                        if prev is not None:
+                            prev.add_(p.grad)  # keep the user's .grad tensor
+                            p.grad = prev
+                    elif prev is not None:
+                        p.grad = prev
+                held = None
             if record_timeline:
                 self._timeline = self._rt.timeline()
             return outs
         finally:
+            if held is not None:  # the step failed: put the earlier gradients back
+                for p, prev in held:
+                    p.grad = prev
             self._rt.end_step()
             self._targets = None
 
+    def _hold_grads(self):
+        """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
+        cleared so that the step's backward starts from zero."""
+        held, seen = [], set()
+        for st in self.stages:
+            for p in st.submod.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    held.append((p, p.grad))
+                    p.grad = None
+        return held
+
 
 def _split_inputs(args, kwargs, n, args_chunk_spec, kwargs_chunk_spec):
-    if kwargs:
-        raise NotImplementedError("keyword inputs to pipelined steps are not supported yet; "
-                                  "pass tensors positionally")
-    arg_mbs, _ = _mb.split_args_kwargs_into_chunks(tuple(args), {}, n, args_chunk_spec,
-                                                    kwargs_chunk_spec)
-    return arg_mbs
+    """Per microbatch, the model's inputs in the stage Programs' order. Keyword inputs
+    follow the positional ones in the order given, as pipeline() flattened its mb_args and
+    mb_kwargs (and as Pipe.forward does): pass them in the order they were traced with."""
+    arg_mbs, kwarg_mbs = _mb.split_args_kwargs_into_chunks(
+        tuple(args), dict(kwargs), n, args_chunk_spec, kwargs_chunk_spec if kwargs else None)
+    if not kwargs:
+        return arg_mbs
+    from ._IR import _flatten
+    return [tuple(_flatten((a, k))[0]) for a, k in zip(arg_mbs, kwarg_mbs)]
 
 
 def _split_target(target, n):
@@ -270,8 +296,10 @@ class _PipelineSchedule:
                                "for inference)")
         if losses is not None and not isinstance(losses, list):
             raise TypeError(f"losses must be a list, got {type(losses).__name__}")
-        if self._loss_fn is not None and target is None and (training or losses is not None):
-            raise RuntimeError("this schedule has a loss_fn: pass target= to step()")
+        if self._loss_fn is not None and target is None:
+            # the last stage computes loss_fn(output, target) after every forward, eval()
+            # included (torch's contract: with a loss_fn the last stage must get a target)
+            raise RuntimeError("this schedule has a loss_fn: pass target= to step() and eval()")
         if training and self._loss_fn is None:
             raise RuntimeError("training needs a loss_fn (give it to the schedule), or call "
                                "eval() for inference")
@@ -452,12 +480,15 @@ class LocalPipeline:
             raise RuntimeError("step() requires gradients: grad mode is disabled (use eval())")
         if training and self._loss_fn is None:
             raise RuntimeError("training needs a loss_fn; call eval() for inference")
-        if self._loss_fn is not None and target is None and (training or losses is not None):
-            raise RuntimeError("this pipeline has a loss_fn: pass target= to step()")
+        if self._loss_fn is not None and target is None:
+            # the last stage computes loss_fn(output, target) after every forward, eval()
+            # included (torch's contract: with a loss_fn the last stage must get a target)
+            raise RuntimeError("this pipeline has a loss_fn: pass target= to step() and eval()")
         if losses is not None and not isinstance(losses, list):
             raise TypeError(f"losses must be a list, got {type(losses).__name__}")
         first_dev = str(self.stages[0].device)
         args = tuple(a.to(first_dev) if isinstance(a, Tensor) else a for a in args)
+        kwargs = {k: v.to(first_dev) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
         if target is not None and isinstance(target, Tensor):
             target = target.to(str(self.stages[-1].device))
         arg_mbs = _split_inputs(args, kwargs, self.n_microbatches, self._args_chunk_spec,

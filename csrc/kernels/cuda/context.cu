@@ -515,6 +515,16 @@ extern "C" PcStatus pc_cuda_set_current_stream(int dev, void *stream) {
         pc_cuda_tls_streams.set[dev] = false;
         pc_cuda_tls_streams.stream[dev] = nullptr;
     } else {
+#if CUDART_VERSION >= 12080
+        cudaStream_t s = static_cast<cudaStream_t>(stream);
+        if (s != cudaStreamLegacy && s != cudaStreamPerThread) {
+            int sdev = -1;
+            PC_CUDA_TRY(cudaStreamGetDevice(s, &sdev));
+            if (sdev != dev)
+                return pc_set_error(PC_ERR_INVALID, "set_stream: the stream belongs to cuda:%d, "
+                                                    "not cuda:%d", sdev, dev);
+        }
+#endif
         pc_cuda_tls_streams.set[dev] = true;
         pc_cuda_tls_streams.stream[dev] = static_cast<cudaStream_t>(stream);
     }

@@ -210,9 +210,18 @@ template <typename Op, typename T, typename IndexT>
 __global__ void pc_reduce_finalize_kernel(PcReduceArgs<Op, T> a, Op op) {
     for (IndexT o = (IndexT)blockIdx.x * blockDim.x + threadIdx.x; o < (IndexT)a.O;
          o += (IndexT)gridDim.x * blockDim.x) {
-        auto acc = a.partial[o];
-        for (int s = 1; s < a.splits; s++) acc = op.combine(acc, a.partial[(int64_t)s * a.O + o]);
-        pc_reduce_store<Op, T, IndexT>(a, o, acc);
+        using Acc = typename Op::Acc;
+        if constexpr (std::is_same_v<Op, PcSumOp<T>> && std::is_same_v<Acc, float>) {
+            /* up to thousands of float partials: add them in double */
+            double wide = 0.0;
+            for (int s = 0; s < a.splits; s++) wide += (double)a.partial[(int64_t)s * a.O + o];
+            pc_reduce_store<Op, T, IndexT>(a, o, (float)wide);
+        } else {
+            Acc acc = a.partial[o];
+            for (int s = 1; s < a.splits; s++)
+                acc = op.combine(acc, a.partial[(int64_t)s * a.O + o]);
+            pc_reduce_store<Op, T, IndexT>(a, o, acc);
+        }
     }
 }
 

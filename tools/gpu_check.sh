@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
+#
+# Run on the GPU machine from the repository root:
+#     bash tools/gpu_check.sh
+# Steps: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
+# (2) pytest -m "cuda or multigpu" over tests/, (3) bench/ops_cuda.py (pipec vs torch).
+# Logs go to $OUT when it is set (the device runner collects that folder), else to
+# ./gpu_check_logs. Every step runs even when an earlier one fails; the exit status is the
+# first failure's.
+set -u
+cd "$(dirname "$0")/.."
+
+LOGDIR="${OUT:-$PWD/gpu_check_logs}"
+mkdir -p "$LOGDIR"
+PY="${PYTHON:-python3}"
+status=0
+
+step() {  # step NAME LOGFILE CMD...
+    local name="$1" log="$2"
+    shift 2
+    echo "== $name: $*" | tee -a "$LOGDIR/summary.txt"
+    local t0=$SECONDS
+    "$@" > "$LOGDIR/$log" 2>&1
+    local rc=$?
+    tail -n 25 "$LOGDIR/$log"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s (log: $LOGDIR/$log)" | tee -a "$LOGDIR/summary.txt"
+    if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; fi
+    return $rc
+}
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+    nvcc --version 2>&1 | tail -n 2 || true
+    "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 || true
+} > "$LOGDIR/env.txt"
+cat "$LOGDIR/env.txt"
+
+if step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -v -e .; then
+    "$PY" -c 'import pipec; print("pipec.cuda.is_available():", pipec.cuda.is_available(), "devices:", pipec.cuda.device_count())' \
+        2>&1 | tee -a "$LOGDIR/summary.txt"
+    step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
+    step bench bench.log "$PY" bench/ops_cuda.py --out "$LOGDIR/bench_ops_cuda.txt"
+fi
+
+echo "gpu_check: exit $status" | tee -a "$LOGDIR/summary.txt"
+exit $status
