@@ -169,10 +169,15 @@ class BuildExt(build_ext):
         self._parallelise_compiler()
         super().build_extension(ext)
 
+    def _persistent_dir(self):
+        """build/pipec-<interpreter tag>: survives between builds, unlike the temporary
+        build_temp of an editable pip install, so nvcc objects are reused when up to date."""
+        return os.path.join(ROOT, "build", "pipec-" + sys.implementation.cache_tag)
+
     def _force_on_config_change(self, ext, cuda, werror):
         """Rebuild everything when the configuration (CUDA on/off, BLAS, -Werror) changed since
-        the last build in this build_temp: timestamps alone would keep a stale module."""
-        stamp = os.path.join(self.build_temp, "pipec-config.txt")
+        the last build: timestamps alone would keep stale objects."""
+        stamp = os.path.join(self._persistent_dir(), "config.txt")
         config = repr((sorted(map(str, ext.define_macros)), ext.libraries, ext.library_dirs,
                        ext.include_dirs, werror, cuda and cuda["nvcc"], sys.version))
         old = None
@@ -181,7 +186,7 @@ class BuildExt(build_ext):
                 old = f.read()
         if old != config:
             self.force = True
-            os.makedirs(self.build_temp, exist_ok=True)
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
             with open(stamp, "w") as f:
                 f.write(config)
 
@@ -218,7 +223,7 @@ class BuildExt(build_ext):
         flags += ["-I" + d for d in cuda["include_dirs"]]
         if werror:
             flags += ["-Werror", "all-warnings", "-Xcompiler", "-Werror"]
-        out_dir = os.path.join(self.build_temp, "cuda")
+        out_dir = os.path.join(self._persistent_dir(), "cuda")
         srcs = cuda["sources"]
         objs = []
         jobs_list = []

@@ -67,6 +67,9 @@ struct PcRuntime {
 
 static MbState *MB(PcRuntime *rt, int stage, int mb) { return &rt->mb[stage * rt->n_mb + mb]; }
 
+/* When the current action's compute started (after its waits for data), for the timeline. */
+static _Thread_local double tl_compute_start = -1.0;
+
 static double now_us(const PcRuntime *rt) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -388,6 +391,7 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     status = wait_for(rt, inputs_ready, s, m, "inputs");
     pthread_mutex_unlock(&rt->mu);
     PC_TRY(status);
+    if (rt->record && tl_compute_start < 0) tl_compute_start = now_us(rt);
     PcTensor **leaves = calloc((size_t)(st->d.n_in + 1), sizeof(PcTensor *));
     if (!leaves) return pc_set_error(PC_ERR_OOM, "out of host memory in forward");
     for (int k = 0; k < st->d.n_in; k++) {
@@ -454,6 +458,7 @@ static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
         pthread_mutex_unlock(&rt->mu);
         PC_TRY(status);
     }
+    if (rt->record && tl_compute_start < 0) tl_compute_start = now_us(rt);
     int n_roots = 0, n_grad_in = 0;
     PcTensor *roots[PC_CALL_MAX_IN], *grads[PC_CALL_MAX_IN], *inputs[PC_CALL_MAX_IN];
     int in_pos[PC_CALL_MAX_IN];
@@ -542,23 +547,17 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
                                                 "%d before its forward", s, m);
         deliver_forward(rt, s, m, true);
         return PC_OK;
-    case PC_ACT_RECV_F: {
-        pthread_mutex_lock(&rt->mu);
-        PcStatus st = wait_for(rt, inputs_ready, s, m, "inputs");
-        pthread_mutex_unlock(&rt->mu);
-        return st;
-    }
+    case PC_ACT_RECV_F:
+    case PC_ACT_RECV_B:
+        /* a receive is only posted here (as torch's runtime does); the action that uses the
+         * data waits for it, so a receive for the next microbatch placed before the current
+         * backward does not stall that backward */
+        return PC_OK;
     case PC_ACT_SEND_B:
         if (!MB(rt, s, m)->bwd_done)
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_B of stage %d microbatch "
                                                 "%d before its backward", s, m);
         return deliver_backward(rt, s, m, true);
-    case PC_ACT_RECV_B: {
-        pthread_mutex_lock(&rt->mu);
-        PcStatus st = wait_for(rt, grads_ready, s, m, "output gradients");
-        pthread_mutex_unlock(&rt->mu);
-        return st;
-    }
     default: break;
     }
     return pc_set_error(PC_ERR_INVALID, "runtime: unsupported action type %s",
@@ -591,6 +590,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;
         double t0 = rt->record ? now_us(rt) : 0;
+        tl_compute_start = -1.0;
         PcActionSub leaves[PC_ACTION_MAX_SUB];
         int n = pc_action_leaves(a, leaves);
         for (int j = 0; j < n && status == PC_OK; j++) {
@@ -604,7 +604,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
             status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
         }
         if (status == PC_OK && rt->record && (pc_act_type_is_compute(a->type)))
-            record_event(rt, rank, a, t0, now_us(rt));
+            record_event(rt, rank, a, tl_compute_start >= 0 ? tl_compute_start : t0,
+                         now_us(rt));
         if (status != PC_OK) {
             char txt[PC_ACTION_TEXT_MAX];
             pc_action_format(a, txt, sizeof txt);
