@@ -157,7 +157,7 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         cuda = getattr(ext, "pipec_cuda", None)
         werror = _env_flag("PIPEC_WERROR")
-        self._force_on_config_change(ext, cuda, werror)
+        self._force_on_config_change(ext, cuda)
         if werror:
             ext.extra_compile_args = list(ext.extra_compile_args) + ["-Werror"]
         if cuda is not None:
@@ -174,12 +174,13 @@ class BuildExt(build_ext):
         build_temp of an editable pip install, so nvcc objects are reused when up to date."""
         return os.path.join(ROOT, "build", "pipec-" + sys.implementation.cache_tag)
 
-    def _force_on_config_change(self, ext, cuda, werror):
-        """Rebuild everything when the configuration (CUDA on/off, BLAS, -Werror) changed since
-        the last build: timestamps alone would keep stale objects."""
+    def _force_on_config_change(self, ext, cuda):
+        """Rebuild everything when the configuration (CUDA on/off, BLAS, toolchain) changed
+        since the last build: timestamps alone would keep stale objects. -Werror is left out:
+        it changes no object, and CI builds from a fresh clone."""
         stamp = os.path.join(self._persistent_dir(), "config.txt")
         config = repr((sorted(map(str, ext.define_macros)), ext.libraries, ext.library_dirs,
-                       ext.include_dirs, werror, cuda and cuda["nvcc"], sys.version))
+                       ext.include_dirs, cuda and cuda["nvcc"], sys.version))
         old = None
         if os.path.exists(stamp):
             with open(stamp) as f:
@@ -216,6 +217,25 @@ class BuildExt(build_ext):
         cc.compile = compile
         cc._pipec_parallel = True
 
+    @staticmethod
+    def _up_to_date(obj, dep, src):
+        """obj is newer than src, setup.py and every header nvcc listed in dep (-MMD); without
+        a dep file, newer than every header under csrc/."""
+        if not os.path.exists(obj):
+            return False
+        deps = [src, os.path.join(ROOT, "setup.py")]
+        if os.path.exists(dep):
+            with open(dep) as f:
+                text = f.read().replace("\\\n", " ")
+            deps += text.partition(": ")[2].split()
+        else:
+            deps += glob.glob(os.path.join(ROOT, CSRC, "**", "*.h"), recursive=True)
+        t = os.path.getmtime(obj)
+        try:
+            return all(os.path.getmtime(os.path.join(ROOT, d)) <= t for d in deps)
+        except OSError:  # a listed header is gone
+            return False
+
     def _compile_cuda(self, ext, cuda, werror):
         home, nvcc = cuda["home"], cuda["nvcc"]
         flags = list(NVCC_FLAGS) + ["-D%s=%s" % (k, v) if v is not None else "-D" + k
@@ -229,14 +249,12 @@ class BuildExt(build_ext):
         jobs_list = []
         for src in srcs:
             obj = os.path.join(out_dir, os.path.splitext(src)[0] + ".o")
+            dep = obj[:-2] + ".d"
             objs.append(obj)
-            deps = [src, os.path.join(ROOT, "setup.py")] + glob.glob(
-                os.path.join(ROOT, CSRC, "**", "*.h"), recursive=True)
-            if not self.force and os.path.exists(obj) and all(
-                    os.path.getmtime(obj) >= os.path.getmtime(d) for d in deps):
+            if not self.force and self._up_to_date(obj, dep, src):
                 continue
             os.makedirs(os.path.dirname(obj), exist_ok=True)
-            jobs_list.append([nvcc] + flags + ["-c", src, "-o", obj])
+            jobs_list.append([nvcc] + flags + ["-MMD", "-MF", dep, "-c", src, "-o", obj])
 
         def run(cmd):
             print(" ".join(cmd), flush=True)
@@ -280,7 +298,7 @@ def _extension():
             if nccl[0] not in cuda_incs:
                 cuda_incs.append(nccl[0])
         macros += cuda_macros
-        include_dirs += cuda_incs
+        include_dirs += [d for d in cuda_incs if d != "/usr/include"]
         library_dirs.append(libdir)
         link_args.append("-Wl,-rpath," + libdir)
         libraries += ["cudart_static", "cublas", "cublasLt", "rt", "dl"]
@@ -289,8 +307,11 @@ def _extension():
                 library_dirs.append(nccl[1])
                 link_args.append("-Wl,-rpath," + nccl[1])
             libraries.append("nccl")
+        # nvcc finds the toolkit's own headers; pass only extra dirs, never the system ones
+        # (an explicit -I/usr/include reorders the compiler's search and breaks C++ headers).
+        extra_incs = [d for d in cuda_incs[1:] if d not in ("/usr/include", "/usr/local/include")]
         cuda_cfg = dict(home=home, nvcc=nvcc, sources=_sources("*.cu"),
-                        macros=cuda_macros, include_dirs=cuda_incs[1:])
+                        macros=cuda_macros, include_dirs=extra_incs)
         print(f"setup.py: CUDA on ({nvcc}; NCCL {'on' if nccl else 'off'}; "
               f"{len(cuda_cfg['sources'])} .cu files)")
     else:

@@ -10,7 +10,7 @@ from ._types import (dtype, device, float32, float64, float16, bfloat16, int64, 
 from ._tensor import (Tensor, tensor, from_numpy, as_tensor, empty, zeros, ones, full, arange,
                       rand, randn, empty_like, zeros_like, ones_like, full_like, rand_like,
                       randn_like, chunk, split, tensor_split, manual_seed, initial_seed,
-                      is_tensor, numel)
+                      is_tensor, numel, from_dlpack)
 from ._C import (PipelineError, mm, matmul, addmm, relu, gelu, tanh, sigmoid, exp, log, neg,
                  abs, sqrt, pow, add, sub, mul, div, maximum, sum, mean, max, clone, detach,
                  reshape, flatten, transpose, t, permute, unsqueeze, squeeze, cat, stack,
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 def _load_optional():
     import importlib
-    for name in ("cuda", "backends", "nn", "optim", "pipelining"):
+    for name in ("cuda", "backends", "nn", "optim", "pipelining", "viz", "distributed"):
         try:
             globals()[name] = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as e:  # a part not built yet in this checkout

@@ -17,7 +17,7 @@ Tensor = _C.Tensor
 __all__ = ["Tensor", "tensor", "from_numpy", "as_tensor", "empty", "zeros", "ones", "full",
            "arange", "rand", "randn", "empty_like", "zeros_like", "ones_like", "full_like",
            "rand_like", "randn_like", "chunk", "split", "tensor_split", "manual_seed",
-           "initial_seed", "is_tensor", "numel"]
+           "initial_seed", "is_tensor", "numel", "from_dlpack"]
 
 
 # ---- creation ----
@@ -81,6 +81,12 @@ def as_tensor(data, dtype=None, device=None):
     return tensor(data, dtype=dtype, device=device)
 
 
+def from_dlpack(obj):
+    """A tensor sharing memory with ``obj`` (anything with ``__dlpack__``, e.g. a torch or
+    CuPy tensor, or a DLPack capsule)."""
+    return _C._from_dlpack(obj)
+
+
 def from_numpy(arr):
     """A tensor sharing memory with the NumPy array ``arr`` (no copy)."""
     return _C.from_numpy(arr)
@@ -112,6 +118,10 @@ def ones(*size, dtype=None, device=None, requires_grad=False):
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
+    """A tensor of the given shape filled with ``fill_value``."""
+    if not isinstance(fill_value, (int, builtins.float)) and not (
+            hasattr(fill_value, "__float__") and not isinstance(fill_value, (str, bytes))):
+        raise TypeError(f"full(): fill_value must be a number, got {type(fill_value).__name__}")
     if dtype is None:
         dtype = (_types.bool if isinstance(fill_value, builtins.bool) else
                  int64 if isinstance(fill_value, int) else float32)
@@ -123,6 +133,9 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     """Values from start (default 0) up to end, exclusive, by step."""
     if end is None:
         start, end = 0, start
+    for name, v in (("start", start), ("end", end), ("step", step)):
+        if isinstance(v, builtins.bool) or not isinstance(v, (int, builtins.float)):
+            raise TypeError(f"arange(): {name} must be a number, got {type(v).__name__}")
     if step == 0:
         raise ValueError("arange: step must be nonzero")
     if dtype is None:
@@ -221,6 +234,9 @@ def split(t, split_size_or_sections, dim=0):
         if n == 0:
             return (t,)
         return tuple(t._slice(d, s, min(s + size, n)) for s in range(0, n, size))
+    if not isinstance(split_size_or_sections, (list, tuple)):
+        raise TypeError("split: split_size_or_sections must be an int or a sequence of ints, "
+                        f"got {type(split_size_or_sections).__name__}")
     sizes = list(split_size_or_sections)
     if any(not isinstance(s, int) or s < 0 for s in sizes) or sum(sizes) != n:
         raise ValueError(f"split: split_sizes {sizes} must be non-negative ints summing to "
@@ -241,10 +257,9 @@ def chunk(t, chunks, dim=0):
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     d = _check_dim(t, dim, "chunk")
     n = t.shape[d]
-    size = -(-n // chunks) if n else 0
-    if size == 0:
-        return tuple(t._slice(d, 0, 0) for _ in range(chunks)) if n == 0 else (t,)
-    return split(t, size, d)
+    if n == 0:
+        return (t,)
+    return split(t, -(-n // chunks), d)
 
 
 def tensor_split(t, indices_or_sections, dim=0):

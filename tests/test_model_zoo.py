@@ -457,12 +457,12 @@ def test_zoo_models_deepcopy_and_load():
         clone = copy.deepcopy(model)
         fresh = type(model)(*_ctor_args(model))
         fresh.load_state_dict(model.state_dict())
-        ref = model(*args).numpy()
-        np.testing.assert_array_equal(clone(*args).numpy(), ref, err_msg=type(model).__name__)
-        np.testing.assert_array_equal(fresh(*args).numpy(), ref, err_msg=type(model).__name__)
+        ref = model(*args).detach().numpy()
+        np.testing.assert_array_equal(clone(*args).detach().numpy(), ref, err_msg=type(model).__name__)
+        np.testing.assert_array_equal(fresh(*args).detach().numpy(), ref, err_msg=type(model).__name__)
         with pipec.no_grad():
             next(clone.parameters()).add_(1.0)
-        assert not np.array_equal(clone(*args).numpy(), ref), type(model).__name__
+        assert not np.array_equal(clone(*args).detach().numpy(), ref), type(model).__name__
 
 
 def _ctor_args(model):

@@ -213,16 +213,16 @@ def test_state_dict_values():
 def test_load_state_dict_round_trip(rng):
     src, dst = MultiMLP(6, 2), MultiMLP(6, 2)
     x = pipec.tensor(randn_np(rng, 3, 6))
-    assert not np.array_equal(src(x).numpy(), dst(x).numpy())
+    assert not np.array_equal(src(x).detach().numpy(), dst(x).detach().numpy())
     params_before = list(dst.parameters())
     result = dst.load_state_dict(src.state_dict())
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert repr(result) == "<All keys matched successfully>"
-    np.testing.assert_array_equal(src(x).numpy(), dst(x).numpy())
+    np.testing.assert_array_equal(src(x).detach().numpy(), dst(x).detach().numpy())
     assert all(a is b for a, b in zip(params_before, dst.parameters()))  # copied in place
     with pipec.no_grad():
         src.layers[0].net1.weight.fill_(0.0)
-    assert not np.array_equal(src(x).numpy(), dst(x).numpy())  # independent afterwards
+    assert not np.array_equal(src(x).detach().numpy(), dst(x).detach().numpy())  # independent afterwards
 
 
 def test_load_state_dict_errors():
@@ -309,14 +309,14 @@ def test_to_dtype_keeps_parameters_and_aliases(rng):
     params = list(model.parameters())
     x = randn_np(rng, 2, 4)
     y = randn_np(rng, 2, 4)
-    out32 = model(pipec.tensor(x), pipec.tensor(y)).numpy()
+    out32 = model(pipec.tensor(x), pipec.tensor(y)).detach().numpy()
     assert model.to(pipec.float64) is model
     assert all(p.dtype == pipec.float64 for p in model.parameters())
     assert all(a is b for a, b in zip(params, model.parameters()))
     assert model.mm_param0 is model.mm_param1
     out64 = model(pipec.tensor(x.astype(np.float64)), pipec.tensor(y.astype(np.float64)))
     assert out64.dtype == pipec.float64
-    assert_close(out64.numpy(), out32.astype(np.float64), "float64 forward", rtol=1e-4,
+    assert_close(out64.detach().numpy(), out32.astype(np.float64), "float64 forward", rtol=1e-4,
                  atol_rel=1e-5)
     model.float()
     assert all(p.dtype == pipec.float32 for p in model.parameters())
@@ -487,14 +487,14 @@ def test_deepcopy_is_independent(rng):
     model.register_buffer("stat", pipec.ones(2))
     twin = copy.deepcopy(model)
     x = pipec.tensor(randn_np(rng, 2, 4))
-    np.testing.assert_array_equal(model(x).numpy(), twin(x).numpy())
+    np.testing.assert_array_equal(model(x).detach().numpy(), twin(x).detach().numpy())
     for (n1, p1), (n2, p2) in zip(model.named_parameters(), twin.named_parameters()):
         assert n1 == n2 and p1 is not p2 and isinstance(p2, nn.Parameter) and p2.requires_grad
     with pipec.no_grad():
         for p in twin.parameters():
             p.add_(1.0)
         twin.stat.add_(1.0)
-    assert not np.array_equal(model(x).numpy(), twin(x).numpy())
+    assert not np.array_equal(model(x).detach().numpy(), twin(x).detach().numpy())
     np.testing.assert_array_equal(model.stat.numpy(), [1.0, 1.0])
     alias = copy.deepcopy(ModelWithParamAlias(4))
     assert alias.mm_param0 is alias.mm_param1 and alias.lin0 is alias.lin1

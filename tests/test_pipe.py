@@ -21,6 +21,10 @@ And, for every model of the zoo (tests/model_registry.py) and every stage:
     into several stages: the sum over its copies);
   - replaying a stage's Program makes no Python-level call (counted with sys.setprofile)
     unless the stage holds a custom autograd Function, whose replay does call it.
+The per-model checks also cover two local models: FanOut (one value used by three later
+stages and returned, a model input returned as is, a nested output) and the unflatten model
+(in-place adds on received activations: replay writes into copies, so stage inputs that are
+autograd leaves work and are never modified).
 Plus the issue's edge cases: split_spec errors, the model left untouched, replicated
 parameters, consecutive boundaries, get_stage_module bounds, values crossing several
 stages, captured default kwargs. Every test runs on CPU and, marked cuda, on a GPU.
@@ -246,6 +250,7 @@ def _zoo_cases():
     cases.append(("PipeExampleCode", 4))
     cases.append(("PipeMultiMLP", 4))
     cases.append(("FanOut", 4))
+    cases.append(("Unflatten", 4))
     return cases
 
 
@@ -295,6 +300,9 @@ def build_case(name, device):
         return PipeExampleCode(d).to(device), (x, _x(mb, d, device=device)), {}, None, 0
     if kind == "PipeMultiMLP":
         return PipeMultiMLP(d).to(device), (x, _x(mb, d, device=device)), {}, None, 0
+    if kind == "Unflatten":  # in-place adds of a kwarg on activations received by stages
+        return (UnflattenM(d).to(device), (x,), {"constant": _x(mb, d, device=device)}, None,
+                0)
     if kind == "FanOut":
         return FanOut(d).to(device), (x, _x(mb, d, device=device)), {}, None, 0
     raise AssertionError(name)
@@ -326,10 +334,13 @@ def run_stages(pipe, leaves):
             if v.requires_grad:
                 leaf.requires_grad_(True)
             ins.append(leaf)
+        before = [np_(t) for t in ins]
         outs = pipe.get_stage_module(i)(*ins)
         if isinstance(outs, pipec.Tensor):
             outs = (outs,)
         assert len(outs) == len(out_slots), f"stage {i}: {len(outs)} outputs for {out_slots}"
+        for k, (t, v) in enumerate(zip(ins, before)):  # replay never writes into its inputs
+            np.testing.assert_array_equal(np_(t), v, err_msg=f"stage {i} input {k} changed")
         records.append((ins, tuple(outs), in_slots, out_slots))
         env.update(zip(out_slots, outs))
     return records, [env[s] for s in pipe._out_slots]
@@ -564,23 +575,66 @@ def test_unflatten_gradients_through_pipe(device):
         assert_close(got[n], g, n)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="an in-place op on a received activation is replayed in place: a "
-                          "stage input that is a requires-grad leaf (as PipelineStage makes "
-                          "them) raises 'a leaf Variable that requires grad is being used in "
-                          "an in-place operation'; torch functionalizes x.add_(c) at export")
 def test_unflatten_stage_with_leaf_input():
-    """Stage 1 of the unflatten model starts with x.add_(constant) on its received x; run
-    as a pipeline stage, x is a fresh leaf that requires grad."""
+    """Stage 1 of the unflatten model starts with x.add_(constant) on its received x. Run
+    as a pipeline stage, x is a fresh leaf that requires grad: the replay writes into a
+    copy (the Program is functionalised at its inputs), so the leaf keeps its values and
+    gets the gradient."""
     pipec.manual_seed(0)
     d = 8
     mod = UnflattenM(d)
     x = pipec.randn(2, d)
     constant = pipec.randn(2, d)
     pipe = pipeline(mod, (x,), {"constant": constant})
-    leaves = [x.requires_grad_(True), constant]
-    records, outs = run_stages(pipe, leaves)
-    assert_close(outs[0], mod(x, constant))
+    st = pipe.get_stage_module(1)
+    assert st.program.format().splitlines()[1].split(" = ")[1].startswith("add(")
+    in_slots, _ = pipe.stage_wiring(1)
+    assert in_slots[0] == pipe._input_slots[1]          # (constant, x)
+    h = pipe.get_stage_module(0)(x)
+    leaf = h.detach().clone().requires_grad_(True)
+    before, c_before = np_(leaf), np_(constant)
+    out = st(constant, leaf)
+    np.testing.assert_array_equal(np_(leaf), before)
+    np.testing.assert_array_equal(np_(constant), c_before)
+    assert leaf.grad_fn is None
+    # eager reference on a non-leaf copy of the same value
+    ref_in = h.detach().clone().requires_grad_(True)
+    h2 = ref_in * 1.0
+    h2.add_(constant)
+    ref = mod.block0.relu(mod.block0.lin1(h2))
+    assert_close(out, ref)
+    dout = pipec.randn(2, d)
+    pipec.autograd.backward([out], [dout])
+    pipec.autograd.backward([ref], [dout])
+    assert_close(leaf.grad, ref_in.grad, "grad of the received activation")
+
+
+class MutatesInput(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x, c):
+        x.mul_(2.0)
+        x.add_(c)
+        pipe_split()
+        return self.lin(x)
+
+
+def test_replay_does_not_mutate_caller_inputs():
+    """A forward that writes into its own input: the pipe computes the same output, but
+    writes into a copy, leaving the caller's tensor as it was (eager mutates it)."""
+    pipec.manual_seed(0)
+    mod = MutatesInput(4)
+    x, c = pipec.randn(3, 4), pipec.randn(3, 4)
+    pipe = pipeline(mod, (x.clone(), c))
+    assert pipe.num_stages == 2
+    x0 = np_(x)
+    out = pipe(x, c)
+    np.testing.assert_array_equal(np_(x), x0)
+    ref = mod(x, c)                                     # eager: x becomes 2x + c
+    np.testing.assert_allclose(np_(x), 2 * x0 + np_(c), rtol=1e-6)
+    assert_close(out, ref)
 
 
 # =====================================================================================

@@ -71,6 +71,8 @@ void pc_store_close(PcStore *s);
  * the tag, the size and a header checksum; a corrupted header is PC_ERR_COMM. */
 PcStatus pc_comm_tcp_create(PcStore *store, int rank, int world, double timeout_s,
                             PcComm **out);
+/* Fault injection for tests: write raw bytes (e.g. a corrupted header) to peer's socket. */
+PcStatus pc_comm_tcp_send_raw(PcComm *c, int peer, const void *buf, size_t n);
 
 #ifdef PC_WITH_NCCL
 /* NCCL communicator for GPU `device` (unique id exchanged through the store); connections

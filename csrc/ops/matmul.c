@@ -626,6 +626,16 @@ PcStatus pc_op_addmm(PcTensor *bias, PcTensor *a, PcTensor *b, double beta, doub
                             pc_shape_str(bias->ndim, bias->shape, sb, sizeof sb),
                             pc_shape_str(2, shape, so, sizeof so));
     }
+    for (int i = 0; i < bias->ndim; i++) {
+        int64_t want = shape[2 - bias->ndim + i];
+        if (bias->shape[i] != 1 && bias->shape[i] != want) {
+            char sb[128], so[128];
+            return pc_set_error(PC_ERR_INVALID, "addmm: self of shape %s cannot be broadcast to "
+                                                "the product's shape %s",
+                                pc_shape_str(bias->ndim, bias->shape, sb, sizeof sb),
+                                pc_shape_str(2, shape, so, sizeof so));
+        }
+    }
     PC_TRY(pc_expand_view(bias, 2, shape, &bx));
     PC_TRY_GOTO(st, pc_tensor_empty(2, shape, a->dtype, a->device, &y));
     if (pc_tensor_numel(y) > 0) {

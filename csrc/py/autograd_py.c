@@ -55,6 +55,7 @@ static int seq_tensors(PyObject *obj, const char *what, bool allow_none, PyObjec
             PyErr_Format(PyExc_TypeError, "%s: element %zd must be a Tensor, got %.100s", what, i,
                          Py_TYPE(it)->tp_name);
             PyMem_Free(*ts);
+            *ts = NULL;
             Py_DECREF(seq);
             return -1;
         }

@@ -10,6 +10,7 @@
 
 #include "../ops/ops.h"
 #include "../graph/program.h"
+#include "dlpack.h"
 
 #define T(o) (((PcPyTensor *)(o))->t)
 
@@ -528,7 +529,9 @@ static PyObject *m_normal_(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|ddO:normal_", kwlist, &m, &s, &gen))
         return NULL;
     if (s < 0) {
-        PyErr_Format(PyExc_ValueError, "normal_ expects std >= 0.0, but found std %g", s);
+        char msg[96];
+        snprintf(msg, sizeof msg, "normal_ expects std >= 0.0, but found std %g", s);
+        PyErr_SetString(PyExc_ValueError, msg);
         return NULL;
     }
     PcStatus st = pc_op_normal_(T(self), m, s);
@@ -862,8 +865,12 @@ static PyObject *m_expand(PyObject *self, PyObject *args) {
 
 static PyObject *i_flatten(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"start_dim", "end_dim", NULL};
+    PyObject *os_ = NULL, *oe = NULL;
     int s = 0, e = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ii:flatten", kwlist, &s, &e)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:flatten", kwlist, &os_, &oe)) return NULL;
+    if ((os_ && as_int(os_, "flatten(): start_dim", &s) < 0) ||
+        (oe && as_int(oe, "flatten(): end_dim", &e) < 0))
+        return NULL;
     PcTensor *in[1] = {T(self)};
     PcCall c = mk(PC_OPC_FLATTEN, 1);
     c.ints[0] = s;
@@ -874,8 +881,11 @@ OP_ENTRY(f_flatten, i_flatten)
 
 static PyObject *i_transpose(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim0", "dim1", NULL};
+    PyObject *oa, *ob;
     int a, b;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ii:transpose", kwlist, &a, &b)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:transpose", kwlist, &oa, &ob)) return NULL;
+    if (as_int(oa, "transpose(): dim0", &a) < 0 || as_int(ob, "transpose(): dim1", &b) < 0)
+        return NULL;
     PcTensor *in[1] = {T(self)};
     PcCall c = mk(PC_OPC_TRANSPOSE, 1);
     c.ints[0] = a;
@@ -909,8 +919,10 @@ OP_ENTRY(f_permute, i_permute)
 
 static PyObject *i_unsqueeze(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"dim", NULL};
+    PyObject *od;
     int d;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i:unsqueeze", kwlist, &d)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:unsqueeze", kwlist, &od)) return NULL;
+    if (as_int(od, "unsqueeze(): dim", &d) < 0) return NULL;
     PcTensor *in[1] = {T(self)};
     PcCall c = mk(PC_OPC_UNSQUEEZE, 1);
     c.ints[0] = d;
@@ -1121,6 +1133,7 @@ static int tensor_list(PyObject *seq_obj, const char *what, PyObject **seq_out, 
             PyErr_Format(PyExc_TypeError, "%s: expected Tensor as element %zd, got %.100s", what,
                          i, Py_TYPE(it)->tp_name);
             PyMem_Free(*ts);
+            *ts = NULL;
             Py_DECREF(seq);
             return -1;
         }
@@ -1421,6 +1434,11 @@ PyMethodDef pc_py_tensor_methods[] = {
     FN("_slice", f_slice, "_slice(dim, start, stop, step=1): a view."),
     FN("softmax", f_softmax, "softmax(dim)"),
     FN("log_softmax", f_log_softmax, "log_softmax(dim)"),
+    {"__dlpack__", (PyCFunction)(void (*)(void))pc_py_tensor_dlpack, KW,
+     "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None): a DLPack "
+     "capsule sharing this tensor's memory."},
+    {"__dlpack_device__", (PyCFunction)pc_py_tensor_dlpack_device, METH_NOARGS,
+     "(device_type, device_id) in DLPack's numbering."},
     {NULL, NULL, 0, NULL},
 };
 

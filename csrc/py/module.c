@@ -8,12 +8,8 @@
 extern PyObject *pc_py_pipeline_error; /* errors.c */
 int pc_py_methods_init(PyObject *module);  /* methods.c */
 
-/* Weak no-op defaults for the optional parts, so that a tree where one of them is still
- * being written builds and imports; the real definitions (strong symbols) win at link time.
- * TODO(lead): drop once cuda_py.c, dlpack.c and sched_py.c have all landed. */
-__attribute__((weak)) int pc_py_add_cuda(PyObject *module) { (void)module; return 0; }
-__attribute__((weak)) int pc_py_add_dlpack(PyObject *module) { (void)module; return 0; }
-__attribute__((weak)) int pc_py_add_sched(PyObject *module) { (void)module; return 0; }
+/* Weak no-op default for the optional communicator part, so a tree without it builds.
+ * The real definition (a strong symbol) wins at link time. */
 __attribute__((weak)) int pc_py_comm_init(PyObject *module) { (void)module; return 0; }
 
 static int add_functions(PyObject *module, PyMethodDef *defs) {

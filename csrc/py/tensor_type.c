@@ -22,6 +22,11 @@
 #include "../autograd/autograd.h"
 #include "../ops/ops.h"
 #include "bindings.h"
+#include "dlpack.h"
+#include "../graph/program.h"
+#ifdef PC_WITH_CUDA
+#include "../kernels/cuda/cuda_api.h"
+#endif
 
 PyTypeObject *PcPyTensor_Type = NULL;
 
@@ -64,15 +69,6 @@ int pc_py_parse_dtype(PyObject *obj, const char *what, PcDType *out) {
             return 0;
         }
     }
-    if (PyUnicode_Check(obj)) {
-        const char *s = PyUnicode_AsUTF8(obj);
-        for (int i = 0; s && i < PC_NUM_DTYPES; i++) {
-            if (strcmp(s, pc_dtype_name((PcDType)i)) == 0) {
-                *out = (PcDType)i;
-                return 0;
-            }
-        }
-    }
     PyErr_Format(PyExc_TypeError, "%s must be a pipec dtype (e.g. pipec.float32), got %R", what,
                  obj);
     return -1;
@@ -101,7 +97,13 @@ static int parse_device_str(const char *s, const char *what, PcDevice *out) {
     if (strncmp(s, "cuda", 4) == 0) {
         out->type = PC_CUDA;
         out->index = 0;
-        if (s[4] == '\0') return 0;
+        if (s[4] == '\0') { /* "cuda" = the current device, as torch */
+#ifdef PC_WITH_CUDA
+            int cur = 0;
+            if (pc_cuda_get_device(&cur) == PC_OK) out->index = cur;
+#endif
+            return 0;
+        }
         if (s[4] == ':') {
             char *end;
             long v = strtol(s + 5, &end, 10);
@@ -362,7 +364,14 @@ static PyObject *get_dict(PyObject *self, void *c) {
     return Py_NewRef(p->dict);
 }
 
+static PyObject *get_cuda_array_interface(PyObject *self, void *c) {
+    (void)c;
+    return pc_py_cuda_array_interface(T(self));
+}
+
 static PyGetSetDef tensor_getset[] = {
+    {"__cuda_array_interface__", get_cuda_array_interface, NULL,
+     "CUDA array interface (v3) of a CUDA tensor; absent on CPU tensors.", NULL},
     {"shape", get_shape, NULL, "The size of each dimension, as a tuple.", NULL},
     {"dtype", get_dtype, NULL, "The element type.", NULL},
     {"device", get_device, NULL, "The device holding the data.", NULL},
@@ -382,6 +391,20 @@ static PyGetSetDef tensor_getset[] = {
 
 /* ---- NumPy interop ---- */
 
+/* Reading values out of a tensor while a trace records would freeze data-dependent values
+ * into the Program silently; refuse instead (torch's export refuses too). */
+static PcStatus check_not_tracing(const char *what) {
+    if (pc_trace_active())
+        return pc_set_error(PC_ERR_RUNTIME,
+                            "%s() on a tensor while pipeline() traces the model: a value read "
+                            "into Python would be frozen into the traced program. Keep the "
+                            "computation in tensor ops (data-dependent Python values and "
+                            "control flow cannot be traced)",
+                            what);
+    return PC_OK;
+}
+
+
 static int pc_to_npy_type(PcDType dt) {
     switch (dt) {
     case PC_FLOAT32: return NPY_FLOAT32;
@@ -397,6 +420,13 @@ static int pc_to_npy_type(PcDType dt) {
  * bfloat16 tensors, a copy. New reference. */
 PyObject *pc_py_tensor_numpy(PyObject *self) {
     PcTensor *t = T(self);
+    PcStatus tst = check_not_tracing("numpy");
+    if (tst != PC_OK) return pc_py_raise(tst);
+    if (t->requires_grad) {
+        PyErr_SetString(PyExc_RuntimeError, "Can't call numpy() on Tensor that requires grad. "
+                                            "Use tensor.detach().numpy() instead.");
+        return NULL;
+    }
     PcTensor *host = NULL;
     PyObject *owner = self;
     PcStatus st;
@@ -845,6 +875,7 @@ static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
 
 /* Read the single element of t as a double. */
 PcStatus pc_py_item(PcTensor *t, double *out) {
+    PC_TRY(check_not_tracing("item"));
     if (pc_tensor_numel(t) != 1)
         return pc_set_error(PC_ERR_RUNTIME,
                             "a Tensor with %lld elements cannot be converted to a Python scalar",

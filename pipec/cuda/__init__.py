@@ -55,6 +55,12 @@ def _require():
         raise RuntimeError("no CUDA device is available (pipec.cuda.is_available() is False)")
 
 
+def _check(obj, cls, what):
+    if not isinstance(obj, cls):
+        raise TypeError(f"{what} must be a pipec.cuda.{cls.__name__}, got {type(obj).__name__}")
+    return obj
+
+
 def _device_index(dev, optional=True):
     """CUDA ordinal for None (the current device), an int, 'cuda', 'cuda:N' or a device."""
     if dev is None:
@@ -150,12 +156,14 @@ class Stream:
 
     def wait_event(self, event):
         """Future work on this stream waits for `event`'s last record."""
+        _check(event, Event, "wait_event: event")
         if event.cuda_event is None:
             return  # never recorded: nothing to wait for (torch does the same)
         _C._cuda_stream_wait_event(self.cuda_stream, event.cuda_event)
 
     def wait_stream(self, stream):
         """Future work on this stream waits for the work queued so far on `stream`."""
+        _check(stream, Stream, "wait_stream: stream")
         _C._cuda_stream_wait_stream(self.device_index, self.cuda_stream, stream.cuda_stream)
 
     def record_event(self, event=None):
@@ -218,6 +226,7 @@ def set_stream(stream):
     if stream is None:
         return
     _require()
+    _check(stream, Stream, "set_stream: stream")
     _C._cuda_set_stream(stream.device_index, stream.cuda_stream)
 
 
@@ -229,6 +238,7 @@ def stream(stream):
         yield None
         return
     _require()
+    _check(stream, Stream, "stream")
     idx = stream.device_index
     prev = _C._cuda_current_stream(idx)
     prev_dev = current_device()
@@ -261,6 +271,7 @@ class Event:
         _require()
         if stream is None:
             stream = current_stream()
+        _check(stream, Stream, "Event.record: stream")
         if self.cuda_event is None:
             self.device_index = stream.device_index
             self.cuda_event = int(_C._cuda_event_create(
@@ -276,6 +287,7 @@ class Event:
             return
         if stream is None:
             stream = current_stream(self.device_index)
+        _check(stream, Stream, "Event.wait: stream")
         stream.wait_event(self)
 
     def query(self):
@@ -291,6 +303,7 @@ class Event:
 
     def elapsed_time(self, end_event):
         """Milliseconds between this event and `end_event` (both recorded, timing on)."""
+        _check(end_event, Event, "elapsed_time: end_event")
         if not (self.enable_timing and end_event.enable_timing):
             raise RuntimeError("elapsed_time needs both events created with enable_timing=True")
         if self.cuda_event is None or end_event.cuda_event is None:

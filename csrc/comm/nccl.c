@@ -1,0 +1,296 @@
+/* nccl.c — the NCCL backend of the communicator interface (comm.h), for one GPU per rank.
+ *
+ * Invariants:
+ *   - all NCCL work runs on the device context's communication stream 0; before a send the
+ *     comm stream waits for the caller's current stream, after a receive the current stream
+ *     waits for the comm stream, so compute and transfers are ordered by the GPU, not by
+ *     host-side synchronisation;
+ *   - a sent or received buffer is recorded on the comm stream, so the caching allocator
+ *     does not reuse it before the transfer finished;
+ *   - NCCL matches point-to-point operations per peer in posting order; tags are checked by
+ *     the callers' schedule, not by NCCL;
+ *   - creation waits in the store for every rank first, so a missing rank is a timeout that
+ *     names it, not a hang inside ncclCommInitRank.
+ * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
+ */
+#if defined(PC_WITH_NCCL) && defined(PC_WITH_CUDA)
+
+#include "comm.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cuda/cuda_api.h"
+
+typedef struct NcclComm {
+    PcComm base;
+    ncclComm_t comm;
+    int device;
+    void *stream;     /* the context's comm stream 0 (borrowed) */
+    int aborted;
+} NcclComm;
+
+#define NC(c) ((NcclComm *)(c))
+
+static PcStatus nccl_fail(ncclResult_t r, const char *what, const char *file, int line) {
+    return pc_set_error(PC_ERR_NCCL, "%s:%d: %s failed: %s", file, line, what,
+                        ncclGetErrorString(r));
+}
+
+#define PC_NCCL_TRY(call)                                                   \
+    do {                                                                    \
+        ncclResult_t pc_nr_ = (call);                                       \
+        if (pc_nr_ != ncclSuccess) return nccl_fail(pc_nr_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+#define PC_CUDART_TRY(call)                                                 \
+    do {                                                                    \
+        cudaError_t pc_ce_ = (call);                                        \
+        if (pc_ce_ != cudaSuccess)                                          \
+            return pc_set_error(PC_ERR_CUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, \
+                                cudaGetErrorString(pc_ce_));                \
+    } while (0)
+
+static PcStatus nccl_dtype(PcDType dt, ncclDataType_t *out) {
+    switch (dt) {
+    case PC_FLOAT32: *out = ncclFloat32; return PC_OK;
+    case PC_FLOAT64: *out = ncclFloat64; return PC_OK;
+    case PC_FLOAT16: *out = ncclFloat16; return PC_OK;
+    case PC_BFLOAT16: *out = ncclBfloat16; return PC_OK;
+    case PC_INT64: *out = ncclInt64; return PC_OK;
+    case PC_BOOL: *out = ncclUint8; return PC_OK;
+    default: break;
+    }
+    return pc_set_error(PC_ERR_TYPE, "nccl: unsupported dtype %s", pc_dtype_name(dt));
+}
+
+static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
+    if (c->aborted) return pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", op);
+    if (t->device.type != PC_CUDA || t->device.index != c->device)
+        return pc_set_error(PC_ERR_DEVICE, "nccl %s: tensor is not on cuda:%d", op, c->device);
+    if (!pc_tensor_is_contiguous(t))
+        return pc_set_error(PC_ERR_INVALID, "nccl %s: tensor must be contiguous", op);
+    return PC_OK;
+}
+
+/* ---- point to point ---- */
+
+static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
+    (void)tag;
+    NcclComm *c = NC(cm);
+    PC_TRY(check_tensor(c, t, "send"));
+    ncclDataType_t dt;
+    PC_TRY(nccl_dtype(t->dtype, &dt));
+    void *cur;
+    PC_TRY(pc_cuda_current_stream(c->device, &cur));
+    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    PC_NCCL_TRY(ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
+                         (cudaStream_t)c->stream));
+    return pc_cuda_record_stream(c->device, t->storage->data, c->stream);
+}
+
+static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
+    (void)tag;
+    NcclComm *c = NC(cm);
+    PC_TRY(check_tensor(c, t, "recv"));
+    ncclDataType_t dt;
+    PC_TRY(nccl_dtype(t->dtype, &dt));
+    void *cur;
+    PC_TRY(pc_cuda_current_stream(c->device, &cur));
+    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    PC_NCCL_TRY(ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
+                         (cudaStream_t)c->stream));
+    PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
+    return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
+}
+
+/* Bytes travel through a device staging buffer: an 8-byte size, then the payload. */
+static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *buf, size_t n) {
+    (void)tag;
+    NcclComm *c = NC(cm);
+    PC_CUDART_TRY(cudaSetDevice(c->device));
+    void *d = NULL;
+    size_t total = 8 + n;
+    PC_CUDART_TRY(cudaMalloc(&d, total));
+    uint64_t n64 = n;
+    PcStatus st = PC_OK;
+    cudaError_t ce = cudaMemcpy(d, &n64, 8, cudaMemcpyHostToDevice);
+    if (ce == cudaSuccess && n) ce = cudaMemcpy((char *)d + 8, buf, n, cudaMemcpyHostToDevice);
+    if (ce != cudaSuccess) {
+        st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: staging copy failed: %s",
+                          cudaGetErrorString(ce));
+    } else {
+        ncclResult_t r = ncclGroupStart();
+        if (r == ncclSuccess) r = ncclSend(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+        if (r == ncclSuccess && n)
+            r = ncclSend((char *)d + 8, n, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+        ncclResult_t r2 = ncclGroupEnd();
+        if (r == ncclSuccess) r = r2;
+        if (r != ncclSuccess) st = nccl_fail(r, "ncclSend(bytes)", __FILE__, __LINE__);
+        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) != cudaSuccess)
+            st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: %s", cudaGetErrorString(ce));
+    }
+    cudaFree(d);
+    return st;
+}
+
+static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, size_t *n) {
+    (void)tag;
+    NcclComm *c = NC(cm);
+    *buf = NULL;
+    *n = 0;
+    PC_CUDART_TRY(cudaSetDevice(c->device));
+    void *d = NULL;
+    PC_CUDART_TRY(cudaMalloc(&d, 8));
+    uint64_t n64 = 0;
+    ncclResult_t r = ncclRecv(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+    cudaError_t ce = r == ncclSuccess ? cudaStreamSynchronize((cudaStream_t)c->stream) : cudaSuccess;
+    if (r == ncclSuccess && ce == cudaSuccess) ce = cudaMemcpy(&n64, d, 8, cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    if (r != ncclSuccess) return nccl_fail(r, "ncclRecv(size)", __FILE__, __LINE__);
+    if (ce != cudaSuccess) return pc_set_error(PC_ERR_CUDA, "nccl recv_bytes: %s", cudaGetErrorString(ce));
+    void *host = malloc(n64 ? n64 : 1);
+    if (!host) return pc_set_error(PC_ERR_OOM, "nccl recv_bytes: %llu bytes", (unsigned long long)n64);
+    if (n64) {
+        PcStatus st = PC_OK;
+        if (cudaMalloc(&d, n64) != cudaSuccess) {
+            free(host);
+            return pc_set_error(PC_ERR_OOM, "nccl recv_bytes: device staging of %llu bytes",
+                                (unsigned long long)n64);
+        }
+        r = ncclRecv(d, n64, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+        if (r != ncclSuccess) st = nccl_fail(r, "ncclRecv(bytes)", __FILE__, __LINE__);
+        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) != cudaSuccess ||
+                 (ce = cudaMemcpy(host, d, n64, cudaMemcpyDeviceToHost)) != cudaSuccess)
+            st = pc_set_error(PC_ERR_CUDA, "nccl recv_bytes: %s", cudaGetErrorString(ce));
+        cudaFree(d);
+        if (st != PC_OK) {
+            free(host);
+            return st;
+        }
+    }
+    *buf = host;
+    *n = n64;
+    return PC_OK;
+}
+
+/* ---- collectives ---- */
+
+static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
+    NcclComm *c = NC(cm);
+    PC_TRY(check_tensor(c, t, "all_reduce"));
+    ncclDataType_t dt;
+    PC_TRY(nccl_dtype(t->dtype, &dt));
+    void *cur;
+    PC_TRY(pc_cuda_current_stream(c->device, &cur));
+    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    void *p = pc_tensor_data(t);
+    PC_NCCL_TRY(ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
+                              (cudaStream_t)c->stream));
+    PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
+    return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
+}
+
+static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
+    NcclComm *c = NC(cm);
+    if (n == 0) return PC_OK;
+    PC_CUDART_TRY(cudaSetDevice(c->device));
+    void *d = NULL;
+    PC_CUDART_TRY(cudaMalloc(&d, n));
+    PcStatus st = PC_OK;
+    cudaError_t ce = cudaSuccess;
+    if (cm->rank == root) ce = cudaMemcpy(d, buf, n, cudaMemcpyHostToDevice);
+    if (ce == cudaSuccess) {
+        ncclResult_t r = ncclBroadcast(d, d, n, ncclUint8, root, c->comm, (cudaStream_t)c->stream);
+        if (r != ncclSuccess) st = nccl_fail(r, "ncclBroadcast", __FILE__, __LINE__);
+        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) == cudaSuccess &&
+                 cm->rank != root)
+            ce = cudaMemcpy(buf, d, n, cudaMemcpyDeviceToHost);
+    }
+    if (st == PC_OK && ce != cudaSuccess)
+        st = pc_set_error(PC_ERR_CUDA, "nccl broadcast: %s", cudaGetErrorString(ce));
+    cudaFree(d);
+    return st;
+}
+
+static PcStatus nc_barrier(PcComm *cm) {
+    unsigned char b = 0;
+    return nc_broadcast_bytes(cm, 0, &b, 1);
+}
+
+static void nc_abort(PcComm *cm) {
+    NcclComm *c = NC(cm);
+    if (c->aborted || !c->comm) return;
+    c->aborted = 1;
+    ncclCommAbort(c->comm);
+    c->comm = NULL;
+}
+
+static void nc_destroy(PcComm *cm) {
+    NcclComm *c = NC(cm);
+    if (!c) return;
+    if (c->comm && !c->aborted) ncclCommDestroy(c->comm);
+    c->comm = NULL;
+    free(c);
+}
+
+static const PcCommOps nccl_ops = {
+    "nccl", nc_send, nc_recv, nc_send_bytes, nc_recv_bytes, nc_barrier, nc_all_reduce_sum,
+    nc_broadcast_bytes, nc_abort, nc_destroy,
+};
+
+PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, double timeout_s,
+                             PcComm **out) {
+    *out = NULL;
+    PC_CUDART_TRY(cudaSetDevice(device));
+    ncclUniqueId id;
+    if (rank == 0) {
+        PC_NCCL_TRY(ncclGetUniqueId(&id));
+        PC_TRY(pc_store_set(store, "pipec/nccl_id", &id, sizeof id));
+    } else {
+        void *val = NULL;
+        size_t n = 0;
+        PC_TRY(pc_store_get(store, "pipec/nccl_id", &val, &n));
+        if (n != sizeof id) {
+            free(val);
+            return pc_set_error(PC_ERR_COMM, "nccl: malformed unique id in the store (%zu bytes)", n);
+        }
+        memcpy(&id, val, sizeof id);
+        free(val);
+    }
+    /* every rank present before NCCL's own (untimed) rendezvous */
+    PC_TRY(pc_store_barrier(store, "pipec/nccl_init", rank));
+    NcclComm *c = calloc(1, sizeof *c);
+    if (!c) return pc_set_error(PC_ERR_OOM, "nccl: out of host memory");
+    c->base.ops = &nccl_ops;
+    c->base.rank = rank;
+    c->base.world = world;
+    c->base.timeout_s = timeout_s;
+    c->device = device;
+    PcStatus st = pc_cuda_comm_stream(device, 0, &c->stream);
+    if (st != PC_OK) {
+        free(c);
+        return st;
+    }
+    ncclResult_t r = ncclCommInitRank(&c->comm, world, id, rank);
+    if (r != ncclSuccess) {
+        free(c);
+        return nccl_fail(r, "ncclCommInitRank", __FILE__, __LINE__);
+    }
+    /* warm up the connections: a tiny all-reduce, so the first pipeline step is not slow */
+    st = nc_barrier(&c->base);
+    if (st != PC_OK) {
+        nc_destroy(&c->base);
+        return st;
+    }
+    *out = &c->base;
+    return PC_OK;
+}
+
+#else
+/* keep the translation unit non-empty in builds without NCCL */
+typedef int pc_nccl_not_built;
+#endif
