@@ -38,7 +38,7 @@
 #define RESP_HDR 16
 #define MAX_KEY 4096
 #define MAX_VAL ((uint64_t)1 << 30)
-#define REPLY_GRACE_S 5.0 /* how long after a GET's wait a client still expects the reply */
+#define REPLY_GRACE_S 2.0 /* how long after a GET's wait a client still expects the reply */
 
 enum { OP_SET = 1, OP_GET = 2, OP_ADD = 3 };
 enum { ST_OK = 0, ST_NOTFOUND = 1 };
@@ -470,7 +470,7 @@ PcStatus pc_store_get_until(PcStore *s, const char *key, double deadline, void *
     PC_TRY(store_request(s, OP_GET, key, NULL, 0, wait_ms, deadline + REPLY_GRACE_S, &status,
                          val, n));
     if (status != ST_OK)
-        return pc_set_error(PC_ERR_TIMEOUT, "timed out after %.1fs waiting for key '%s' in the "
+        return pc_set_error(PC_ERR_TIMEOUT, "timed out after %gs waiting for key '%s' in the "
                             "store at %s:%d", s->timeout_s, key, s->host, s->port);
     return PC_OK;
 }
@@ -544,7 +544,7 @@ PcStatus pc_store_barrier(PcStore *s, const char *name, int rank) {
         snprintf(key, sizeof key, "barrier/%s/%d", name, r);
         if (pc_store_check(s, key, &present) != PC_OK) {
             free(missing);
-            return pc_net_error(PC_ERR_TIMEOUT, "barrier '%s' timed out after %.1fs on rank "
+            return pc_net_error(PC_ERR_TIMEOUT, "barrier '%s' timed out after %gs on rank "
                                 "%d", name, s->timeout_s, rank);
         }
         if (!present) missing[n_missing++] = r;
@@ -552,7 +552,7 @@ PcStatus pc_store_barrier(PcStore *s, const char *name, int rank) {
     char list[256], msg[1024];
     pc_net_rank_list(missing, n_missing, list, sizeof list);
     free(missing);
-    snprintf(msg, sizeof msg, "barrier '%s' timed out after %.1fs on rank %d: %s of world size "
+    snprintf(msg, sizeof msg, "barrier '%s' timed out after %gs on rank %d: %s of world size "
              "%d never arrived", name, s->timeout_s, rank, list, s->world);
     snprintf(key, sizeof key, "barrier/%s/done", name);
     (void)pc_store_set(s, key, msg, strlen(msg)); /* best effort: tell the others */

@@ -634,7 +634,7 @@ static PcStatus frame_send(PcTcpComm *c, int p, int kind, uint64_t tag, const vo
             pthread_mutex_unlock(&pe->send_mu);
             char why[384];
             snprintf(why, sizeof why, "rank %d stopped receiving: a %zu-byte send to it timed "
-                     "out after %.1fs (the process is hung or stopped)", p, n,
+                     "out after %gs (the process is hung or stopped)", p, n,
                      c->base.timeout_s);
             pthread_mutex_lock(&c->mu);
             if (sent > 0 && kind != KIND_BYE) comm_fail_locked(c, p, why); /* torn frame */
@@ -737,7 +737,7 @@ static PcStatus mailbox_recv(PcTcpComm *c, int p, int kind, uint64_t tag, void *
                 if (post.done) break; /* it completed while we waited to cancel */
                 if (timed_out)
                     st = pc_set_error(PC_ERR_TIMEOUT, "rank %d: %s from rank %d%s timed out "
-                                      "after %.1fs: rank %d did not send it (it is hung, slower "
+                                      "after %gs: rank %d did not send it (it is hung, slower "
                                       "than the timeout, or waiting on another rank)", me, op,
                                       p, ts, c->base.timeout_s, p);
                 else
@@ -833,7 +833,7 @@ static PcStatus tcp_barrier(PcComm *base) {
         PcStatus st = mailbox_recv(c, 0, KIND_COLL, tag, NULL, 0, false, NULL, NULL, deadline,
                                    "barrier");
         if (st == PC_ERR_TIMEOUT)
-            return pc_set_error(st, "rank %d: barrier timed out after %.1fs waiting for rank "
+            return pc_set_error(st, "rank %d: barrier timed out after %gs waiting for rank "
                                 "0 to release it (some rank has not reached the barrier)", me,
                                 base->timeout_s);
         return st;
@@ -854,7 +854,7 @@ static PcStatus tcp_barrier(PcComm *base) {
             char list[256];
             pc_net_rank_list(late, n_late, list, sizeof list);
             free(late);
-            return pc_set_error(st, "rank 0: barrier timed out after %.1fs: %s never arrived",
+            return pc_set_error(st, "rank 0: barrier timed out after %gs: %s never arrived",
                                 base->timeout_s, list);
         }
         PC_TRY(st);
@@ -1069,7 +1069,7 @@ static PcStatus connect_lower(PcTcpComm *c, PcStore *store, int p, double deadli
     size_t n = 0;
     PcStatus st = pc_store_get_until(store, key, deadline, &v, &n);
     if (st == PC_ERR_TIMEOUT)
-        return pc_set_error(st, "rank %d timed out after %.1fs waiting for rank %d to publish "
+        return pc_set_error(st, "rank %d timed out after %gs waiting for rank %d to publish "
                             "its TCP address (rank %d never arrived)", me, c->base.timeout_s,
                             p, p);
     PC_TRY(st);
@@ -1115,7 +1115,7 @@ static PcStatus accept_higher(PcTcpComm *c, int lfd, const char *myaddr, double 
             char list[256];
             pc_net_rank_list(missing, nm, list, sizeof list);
             free(missing);
-            return pc_set_error(PC_ERR_TIMEOUT, "rank %d timed out after %.1fs waiting for %s "
+            return pc_set_error(PC_ERR_TIMEOUT, "rank %d timed out after %gs waiting for %s "
                                 "to connect to its TCP transport at %s (never arrived, or "
                                 "cannot reach this host)", me, c->base.timeout_s, list, myaddr);
         }

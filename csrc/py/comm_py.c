@@ -16,6 +16,12 @@
  * for them to return, then frees it, so no call ever runs on a freed communicator.
  * Failures raise through pc_py_raise (timeouts and dead peers: pipec.PipelineError).
  * All functions return new references.
+ *
+ * For other binding files (declare them where needed; e.g. the runtime):
+ *   PcComm *pc_py_comm_acquire(PyObject *obj)  borrowed PcComm* of a _C.Comm, counted as a
+ *       call in flight (destroy() aborts it and waits), or NULL + exception (TypeError: not
+ *       a Comm; RuntimeError: destroyed). Call with the GIL held.
+ *   void pc_py_comm_release(PyObject *obj)      ends it (any thread, GIL not needed).
  */
 #include "bindings.h"
 
@@ -545,6 +551,19 @@ static PyMethodDef comm_methods[] = {
      "_send_raw(peer, data): write raw bytes on the socket to peer (fault tests; tcp only)."},
     {NULL, NULL, 0, NULL},
 };
+
+/* ---- access from other binding files ---- */
+
+PcComm *pc_py_comm_acquire(PyObject *obj) {
+    if (!comm_type || !PyObject_TypeCheck(obj, comm_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a pipec._C.Comm, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return comm_enter((PcPyComm *)obj);
+}
+
+void pc_py_comm_release(PyObject *obj) { comm_leave((PcPyComm *)obj); }
 
 /* ---- module init ---- */
 

@@ -85,7 +85,8 @@ class ProcessGroup:
         return list(self._ranks)
 
     def _next_tag(self):
-        tag = _TAG_LIMIT | (self._id << _GROUP_TAG_BITS) | (self._seq & ((1 << _GROUP_TAG_BITS) - 1))
+        seq = self._seq & ((1 << _GROUP_TAG_BITS) - 1)
+        tag = _TAG_LIMIT | (self._id << _GROUP_TAG_BITS) | seq
         self._seq += 1
         return tag
 
@@ -414,7 +415,8 @@ def get_node_local_rank(fallback_rank=None):
     raise RuntimeError("LOCAL_RANK is not set (start the job with pipec.run)")
 
 
-def new_group(ranks=None, timeout=None, backend=None, pg_options=None, use_local_synchronization=False):
+def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
+              use_local_synchronization=False):
     """A sub-group of the given global ranks (all ranks when None). Every rank of the job must
     call it, in the same order; ranks outside get ``GroupMember.NON_GROUP_MEMBER``. The group
     shares the default communicator (same backend and timeout)."""

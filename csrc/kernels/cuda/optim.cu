@@ -101,6 +101,16 @@ __global__ void pc_adamw_kernel(PcMtBatch<4> b, PcAdamWScalars<pc_acc_t<T>> s) {
 
 /* ---- launchers ---- */
 
+/* A parameter: present, contiguous, on the first parameter's device (sizes may differ). */
+static PcStatus pc_mt_check_param(const char *op, int i, const PcTensor *t,
+                                  const PcTensor *first) {
+    char name[64];
+    snprintf(name, sizeof name, "params[%d]", i);
+    if (!t) return pc_set_error(PC_ERR_INVALID, "%s: %s is missing", op, name);
+    PC_TRY(pc_cuda_check_device(op, name, t, first->device.index));
+    return pc_cuda_check_contiguous(op, name, t);
+}
+
 /* Validate one tensor list entry: contiguous, on dev, of dtype, numel of the param. */
 static PcStatus pc_mt_check(const char *op, const char *arg, int i, const PcTensor *t,
                             const PcTensor *param) {
@@ -164,7 +174,7 @@ PcStatus pc_cuda_sgd_step(int n, PcTensor *const *params, PcTensor *const *grads
         return pc_set_error(PC_ERR_INVALID, "%s: momentum %g needs momentum buffers", op,
                             args->momentum);
     for (int i = 0; i < n; i++) {
-        PC_TRY(pc_mt_check(op, "params", i, params[i], params[0]));
+        PC_TRY(pc_mt_check_param(op, i, params[i], params[0]));
         if (!pc_dtype_is_float(params[i]->dtype))
             return pc_set_error(PC_ERR_TYPE, "%s: params[%d] is %s (floating dtypes only)", op, i,
                                 pc_dtype_name(params[i]->dtype));
@@ -208,7 +218,7 @@ PcStatus pc_cuda_adamw_step(int n, PcTensor *const *params, PcTensor *const *gra
         return pc_set_error(PC_ERR_INVALID, "%s: step must be >= 1, got %lld", op,
                             (long long)args->step);
     for (int i = 0; i < n; i++) {
-        PC_TRY(pc_mt_check(op, "params", i, params[i], params[0]));
+        PC_TRY(pc_mt_check_param(op, i, params[i], params[0]));
         if (!pc_dtype_is_float(params[i]->dtype))
             return pc_set_error(PC_ERR_TYPE, "%s: params[%d] is %s (floating dtypes only)", op, i,
                                 pc_dtype_name(params[i]->dtype));
