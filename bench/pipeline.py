@@ -14,6 +14,7 @@ present (run shared/bench/torch_baseline.py with torchrun to refresh them).
 
 import argparse
 import copy
+import gc
 import os
 import re
 import statistics
@@ -175,6 +176,7 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
                          f"{peaks} | {tb if tb else 'n/a'} | {ratio} | {err:.1e} |")
         print(out_lines[-1], flush=True)
         del lp, pipe, model
+        gc.collect()
 
 
 def main():
@@ -188,8 +190,12 @@ def main():
     if n < 2:
         sys.exit(f"bench/pipeline.py needs 2 GPUs, found {n}")
     devices = ["cuda:0", "cuda:1"]
-    baseline = torch_baseline_table(os.path.join(HERE, "..", "shared", "bench",
-                                                 "torch_baseline_2xH200.md"))
+    baseline = {}
+    for cand in (os.path.join(HERE, "..", "shared", "bench", "torch_baseline_2xH200.md"),
+                 os.path.join(HERE, "results", "torch_baseline_2xH200.md")):
+        baseline = torch_baseline_table(cand)
+        if baseline:
+            break
     lines = ["# pipec LocalPipeline vs torch.distributed.pipelining, 2 GPUs", "",
              "torch pipelining column: shared/bench/torch_baseline_2xH200.md (torchrun, 2 "
              "processes, H200). Correctness: max relative error of first-step losses and "
@@ -197,6 +203,8 @@ def main():
     for name in args.configs.split(","):
         run_config(name, CONFIGS[name], args.schedules.split(","), args.steps, devices,
                    baseline, lines)
+        gc.collect()
+        pipec.cuda.empty_cache()
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -88,21 +88,46 @@ static PcStatus cb_dw(void *ctx, int stage, int mb) {
 
 /* ---- object ---- */
 
-static void runtime_dealloc(PcPyRuntime *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->rt) {
+/* The runtime's Python references (loss_fn is usually a bound method of the object that
+ * owns this runtime) form cycles, so the type takes part in garbage collection. */
+static int runtime_traverse(PcPyRuntime *self, visitproc visit, void *arg) {
+    Py_VISIT(self->keep);
+    Py_VISIT(self->loss_fn);
+    Py_VISIT(self->dw_fns);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int runtime_clear(PcPyRuntime *self) {
+    if (self->rt) { /* the C runtime borrows from `keep`: free it first */
         PcRuntime *rt = self->rt;
         self->rt = NULL;
         Py_BEGIN_ALLOW_THREADS /* freeing graphs may run Python-node releases */
         pc_runtime_free(rt);
         Py_END_ALLOW_THREADS
     }
-    Py_XDECREF(self->keep);
-    Py_XDECREF(self->loss_fn);
-    Py_XDECREF(self->dw_fns);
-    PyObject_Free(self);
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->loss_fn);
+    Py_CLEAR(self->dw_fns);
+    return 0;
+}
+
+static void runtime_dealloc(PcPyRuntime *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    runtime_clear(self);
+    tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
+
+/* Methods need a live C runtime (tp_clear may have freed it during a collection). */
+#define RT_REQUIRE(self)                                                                  \
+    do {                                                                                  \
+        if (!(self)->rt) {                                                                \
+            PyErr_SetString(PyExc_RuntimeError, "this pipeline runtime was released");   \
+            return NULL;                                                                  \
+        }                                                                                 \
+    } while (0)
 
 static void free_ext_capsule(PyObject *cap) { PyMem_Free(PyCapsule_GetPointer(cap, NULL)); }
 
@@ -208,6 +233,7 @@ out:
 }
 
 static PyObject *rt_begin_step(PcPyRuntime *self, PyObject *args) {
+    RT_REQUIRE(self);
     PyObject *inputs;
     int n_in, training, record;
     if (!PyArg_ParseTuple(args, "O!ipp:begin_step", &PyList_Type, &inputs, &n_in, &training,
@@ -229,6 +255,7 @@ static PyObject *rt_begin_step(PcPyRuntime *self, PyObject *args) {
 }
 
 static PyObject *rt_run_rank(PcPyRuntime *self, PyObject *args) {
+    RT_REQUIRE(self);
     int rank;
     PyObject *actions;
     if (!PyArg_ParseTuple(args, "iO:run_rank", &rank, &actions)) return NULL;
@@ -268,6 +295,7 @@ static PyObject *rt_run_rank(PcPyRuntime *self, PyObject *args) {
 }
 
 static PyObject *rt_outputs(PcPyRuntime *self, PyObject *arg) {
+    RT_REQUIRE(self);
     long mb = PyLong_AsLong(arg);
     if (mb == -1 && PyErr_Occurred()) return NULL;
     int n;
@@ -293,6 +321,7 @@ static PyObject *rt_outputs(PcPyRuntime *self, PyObject *arg) {
 }
 
 static PyObject *rt_loss(PcPyRuntime *self, PyObject *arg) {
+    RT_REQUIRE(self);
     long mb = PyLong_AsLong(arg);
     if (mb == -1 && PyErr_Occurred()) return NULL;
     PcTensor *l = pc_runtime_loss(self->rt, (int)mb);
@@ -304,6 +333,7 @@ static PyObject *rt_loss(PcPyRuntime *self, PyObject *arg) {
 }
 
 static PyObject *rt_end_step(PcPyRuntime *self, PyObject *unused) {
+    RT_REQUIRE(self);
     (void)unused;
     PcRuntime *rt = self->rt;
     Py_BEGIN_ALLOW_THREADS
@@ -313,6 +343,7 @@ static PyObject *rt_end_step(PcPyRuntime *self, PyObject *unused) {
 }
 
 static PyObject *rt_timeline(PcPyRuntime *self, PyObject *unused) {
+    RT_REQUIRE(self);
     (void)unused;
     const PcTimelineEvent *ev;
     int n = pc_runtime_timeline(self->rt, &ev);
@@ -346,6 +377,8 @@ int pc_py_runtime_init(PyObject *module) {
     static PyType_Slot slots[] = {
         {Py_tp_new, (void *)runtime_new},
         {Py_tp_dealloc, (void *)runtime_dealloc},
+        {Py_tp_traverse, (void *)runtime_traverse},
+        {Py_tp_clear, (void *)runtime_clear},
         {Py_tp_methods, runtime_methods},
         {Py_tp_doc, (void *)"The C pipeline runtime over stage Programs."},
         {0, NULL},
@@ -353,7 +386,7 @@ int pc_py_runtime_init(PyObject *module) {
     static PyType_Spec spec = {
         .name = "pipec._C.Runtime",
         .basicsize = sizeof(PcPyRuntime),
-        .flags = Py_TPFLAGS_DEFAULT,
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
         .slots = slots,
     };
     runtime_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);
