@@ -1,8 +1,11 @@
 """pipec.pipelining: torch.distributed.pipelining's API on pipec.
 
-Available now: ``pipe_split``, ``SplitPoint`` and the schedule generators
-(``schedule_ops``, actions, CSV, validation, simulation). Tracing/splitting (``pipeline``,
-``Pipe``) and the stage runtime come with later work."""
+``pipe_split``/``SplitPoint`` and ``pipeline()`` trace a model into C Programs cut into
+stages (``Pipe``); ``PipelineStage`` and the seven schedule classes run them on the C runtime;
+``LocalPipeline`` drives every rank of a pipeline from one process. ``schedules`` holds the
+C schedule generators (``schedule_ops``), the action IR, CSV, validation and simulation;
+``microbatch`` the input splitting. Multi-process pipelines (``pipec.distributed``) are not
+wired into the runtime yet."""
 
 from ._split import pipe_split, SplitPoint  # noqa: F401
 from ._IR import pipeline, Pipe, PipeInfo, annotate_split_points  # noqa: F401
