@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -556,6 +557,12 @@ PcStatus pc_store_barrier(PcStore *s, const char *name, int rank) {
              "%d never arrived", name, s->timeout_s, rank, list, s->world);
     snprintf(key, sizeof key, "barrier/%s/done", name);
     (void)pc_store_set(s, key, msg, strlen(msg)); /* best effort: tell the others */
+    if (s->server) {
+        /* the host's process usually exits on this error, taking the store with it: keep
+         * serving a moment so ranks that timed out at the same time can read the verdict */
+        struct timespec ts = {(time_t)REPLY_GRACE_S, 0};
+        nanosleep(&ts, NULL);
+    }
     return pc_set_error(PC_ERR_TIMEOUT, "%s", msg);
 }
 
