@@ -20,6 +20,8 @@ typedef struct {
     PyObject *keep;       /* owned: list of objects the runtime borrows from */
     PyObject *loss_fn;    /* owned or NULL */
     PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
+    PyObject *custom_fn;  /* owned callable(rank, action_text), or NULL */
+    bool custom_types[PC_ACT_COUNT];
     int n_stages;
 } PcPyRuntime;
 
@@ -86,6 +88,22 @@ static PcStatus cb_dw(void *ctx, int stage, int mb) {
     return st;
 }
 
+static bool cb_has_custom(void *ctx, PcActType type) {
+    PcPyRuntime *self = ctx;
+    return self->custom_fn && (int)type >= 0 && type < PC_ACT_COUNT && self->custom_types[type];
+}
+
+static PcStatus cb_custom(void *ctx, int rank, const char *action) {
+    PcPyRuntime *self = ctx;
+    PcStatus st = PC_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *res = PyObject_CallFunction(self->custom_fn, "is", rank, action);
+    if (!res) st = pc_set_error(PC_ERR_PYTHON, "a custom schedule function raised");
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return st;
+}
+
 /* ---- object ---- */
 
 /* The runtime's Python references (loss_fn is usually a bound method of the object that
@@ -94,6 +112,7 @@ static int runtime_traverse(PcPyRuntime *self, visitproc visit, void *arg) {
     Py_VISIT(self->keep);
     Py_VISIT(self->loss_fn);
     Py_VISIT(self->dw_fns);
+    Py_VISIT(self->custom_fn);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -109,6 +128,7 @@ static int runtime_clear(PcPyRuntime *self) {
     Py_CLEAR(self->keep);
     Py_CLEAR(self->loss_fn);
     Py_CLEAR(self->dw_fns);
+    Py_CLEAR(self->custom_fn);
     return 0;
 }
 
@@ -132,12 +152,15 @@ static void runtime_dealloc(PcPyRuntime *self) {
 static void free_ext_capsule(PyObject *cap) { PyMem_Free(PyCapsule_GetPointer(cap, NULL)); }
 
 static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"stages", "n_microbatches", "loss_fn", "dw_fns", "timeout", NULL};
-    PyObject *stages, *loss_fn = Py_None, *dw_fns = Py_None;
+    static char *kwlist[] = {"stages", "n_microbatches", "loss_fn", "dw_fns", "timeout",
+                             "custom_fn", "custom_types", NULL};
+    PyObject *stages, *loss_fn = Py_None, *dw_fns = Py_None, *custom_fn = Py_None;
+    PyObject *custom_types = Py_None;
     int n_mb;
     double timeout = 300.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!i|OOd:Runtime", kwlist, &PyList_Type, &stages,
-                                     &n_mb, &loss_fn, &dw_fns, &timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!i|OOdOO:Runtime", kwlist, &PyList_Type,
+                                     &stages, &n_mb, &loss_fn, &dw_fns, &timeout, &custom_fn,
+                                     &custom_types))
         return NULL;
     Py_ssize_t ns = PyList_GET_SIZE(stages);
     PcPyRuntime *self = (PcPyRuntime *)type->tp_alloc(type, 0);
@@ -145,6 +168,27 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->keep = PyList_New(0);
     self->n_stages = (int)ns;
     if (loss_fn != Py_None) self->loss_fn = Py_NewRef(loss_fn);
+    if (custom_fn != Py_None && custom_types != Py_None) {
+        PyObject *seq = PySequence_Fast(custom_types, "custom_types");
+        if (!seq) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+            const char *name = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(seq, i));
+            PcActType t;
+            if (!name || pc_act_type_from_name(name, strlen(name), &t) < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "unknown action type %s", name);
+                Py_DECREF(seq);
+                Py_DECREF(self);
+                return NULL;
+            }
+            self->custom_types[t] = true;
+        }
+        Py_DECREF(seq);
+        self->custom_fn = Py_NewRef(custom_fn);
+    }
     if (dw_fns != Py_None) {
         if (!PyDict_Check(dw_fns)) {
             PyErr_SetString(PyExc_TypeError, "Runtime: dw_fns must be a dict {stage: callable}");
@@ -197,7 +241,8 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         }
         desc[s] = (PcRuntimeStageDesc){rank, dev, p, (int)ne, exts[s], (int)ni, ins[s], n_out};
     }
-    PcRuntimeCallbacks cb = {self, self->loss_fn ? cb_loss : NULL, cb_dw, cb_has_dw};
+    PcRuntimeCallbacks cb = {self, self->loss_fn ? cb_loss : NULL, cb_dw, cb_has_dw,
+                             cb_has_custom, cb_custom};
     PcStatus st = pc_runtime_create((int)ns, desc, n_mb, &cb, timeout, &self->rt);
     if (st != PC_OK) {
         pc_py_raise(st);
@@ -294,6 +339,23 @@ static PyObject *rt_run_rank(PcPyRuntime *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* run_builtin(rank, action): the built-in handler, from inside a custom function. */
+static PyObject *rt_run_builtin(PcPyRuntime *self, PyObject *args) {
+    RT_REQUIRE(self);
+    int rank;
+    const char *txt;
+    if (!PyArg_ParseTuple(args, "is:run_builtin", &rank, &txt)) return NULL;
+    PcAction a;
+    PcStatus st = pc_action_parse(txt, &a);
+    if (st == PC_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = pc_runtime_run_builtin(self->rt, rank, &a);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *rt_outputs(PcPyRuntime *self, PyObject *arg) {
     RT_REQUIRE(self);
     long mb = PyLong_AsLong(arg);
@@ -365,6 +427,8 @@ static PyMethodDef runtime_methods[] = {
      "begin_step(inputs, n_model_inputs, training, record_timeline)"},
     {"run_rank", (PyCFunction)rt_run_rank, METH_VARARGS,
      "run_rank(rank, actions): execute one rank's lowered actions (GIL released)."},
+    {"run_builtin", (PyCFunction)rt_run_builtin, METH_VARARGS,
+     "run_builtin(rank, action): run an action's built-in handler (from a custom function)."},
     {"outputs", (PyCFunction)rt_outputs, METH_O, "Last-stage outputs of a microbatch."},
     {"loss", (PyCFunction)rt_loss, METH_O, "Loss of a microbatch (or None)."},
     {"end_step", (PyCFunction)rt_end_step, METH_NOARGS, "Free the step's activations."},

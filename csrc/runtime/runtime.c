@@ -593,6 +593,12 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         tl_compute_start = -1.0;
         PcActionSub leaves[PC_ACTION_MAX_SUB];
         int n = pc_action_leaves(a, leaves);
+        if (rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
+            char txt[PC_ACTION_TEXT_MAX];
+            pc_action_format(a, txt, sizeof txt);
+            status = rt->cb.custom(rt->cb.ctx, rank, txt);
+            n = 0; /* the user function replaced the built-in handler */
+        }
         for (int j = 0; j < n && status == PC_OK; j++) {
             if (leaves[j].stage >= 0 && leaves[j].stage < rt->n_stages &&
                 rt->st[leaves[j].stage].d.rank != rank) {
@@ -601,7 +607,15 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                                       rank, leaves[j].stage, rt->st[leaves[j].stage].d.rank);
                 break;
             }
-            status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
+            if (a->n_sub > 0 && rt->cb.has_custom &&
+                rt->cb.has_custom(rt->cb.ctx, leaves[j].type)) {
+                PcAction leaf = pc_action_from_sub(leaves[j]);
+                char txt[PC_ACTION_TEXT_MAX];
+                pc_action_format(&leaf, txt, sizeof txt);
+                status = rt->cb.custom(rt->cb.ctx, rank, txt);
+            } else {
+                status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
+            }
         }
         if (status == PC_OK && rt->record && (pc_act_type_is_compute(a->type)))
             record_event(rt, rank, a, tl_compute_start >= 0 ? tl_compute_start : t0,
@@ -625,6 +639,19 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         pthread_mutex_unlock(&rt->mu);
     }
     return status;
+}
+
+PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action) {
+    PcActionSub leaves[PC_ACTION_MAX_SUB];
+    int n = pc_action_leaves(action, leaves);
+    for (int j = 0; j < n; j++) {
+        int s = leaves[j].stage;
+        if (s >= 0 && s < rt->n_stages && rt->st[s].d.rank != rank)
+            return pc_set_error(PC_ERR_INVALID, "run_builtin: stage %d runs on rank %d, not %d",
+                                s, rt->st[s].d.rank, rank);
+        PC_TRY(run_leaf(rt, leaves[j].type, s, leaves[j].mb));
+    }
+    return PC_OK;
 }
 
 PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs) {

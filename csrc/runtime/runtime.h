@@ -45,6 +45,11 @@ typedef struct PcRuntimeCallbacks {
     PcStatus (*dw)(void *ctx, int stage, int mb);
     /* true when stage has a dw_builder */
     bool (*has_dw)(void *ctx, int stage);
+    /* true when actions of this type run a user function instead of the built-in one
+     * (register_custom_function); may be NULL */
+    bool (*has_custom)(void *ctx, PcActType type);
+    /* run the user function for one action (its text form) on `rank` */
+    PcStatus (*custom)(void *ctx, int rank, const char *action);
 } PcRuntimeCallbacks;
 
 /* Where a stage input comes from: a model input (src_stage == -1, src_idx = input number)
@@ -79,6 +84,10 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
 /* Run one rank's actions (lowered with communication) to completion. Thread-safe across
  * distinct ranks. On failure marks the runtime failed so that waiting ranks give up. */
 PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions);
+
+/* Run the built-in handler of one action on `rank` (what a custom function replaced), from
+ * inside a custom function. */
+PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action);
 
 /* Results after all ranks ran: last-stage outputs of mb (new references) and its loss
  * (new reference or NULL). */

@@ -45,6 +45,9 @@ class _Executor:
         self._rt = None
         self._targets = None
         self._timeline = []
+        self.custom_fns = {}      # action type name -> fn(action, ctx)
+        self.schedule_ref = None
+        self._arg_mbs = None
 
     # -- building the runtime on the first step (traces manual stages) --
 
@@ -108,7 +111,15 @@ class _Executor:
               for st in self.stages if st.dw_builder is not None}
         self._rt = _C.Runtime(desc, self.n_microbatches,
                               self._loss if self.loss_fn is not None else None, dw or None,
-                              self.timeout)
+                              self.timeout, self._custom if self.custom_fns else None,
+                              list(self.custom_fns) or None)
+
+    def _custom(self, rank, text):
+        action = _sched._Action.from_str(text)
+        fn = self.custom_fns[str(action.computation_type)]
+        ctx = _PipelineContext(self.schedule_ref, self._arg_mbs, [{} for _ in self._arg_mbs],
+                               self._targets, None, self._rt, rank)
+        fn(action, ctx)
 
     def _loss(self, outputs, mb):
         out = outputs[0] if len(outputs) == 1 else outputs
@@ -127,6 +138,7 @@ class _Executor:
         if self._rt is None:
             self._build([a for a in arg_mbs[0] if isinstance(a, Tensor)])
         self._targets = target_mbs
+        self._arg_mbs = arg_mbs
         # scale_grads divides only this step's gradients by n: the gradients accumulated by
         # earlier steps are set aside and added back unscaled (torch divides the whole
         # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
@@ -195,6 +207,25 @@ class _Executor:
         return held
 
 
+class _PipelineContext:
+    """What a custom function registered with ``register_custom_function`` receives:
+    ``schedule_ref``, ``arg_mbs``, ``kwarg_mbs``, ``target_mbs``, ``losses`` (torch's fields),
+    plus ``rank`` and ``run_builtin(action)``, which runs pipec's own handler for an action
+    (the stage work is C, so this is how a custom function delegates to it)."""
+
+    def __init__(self, schedule_ref, arg_mbs, kwarg_mbs, target_mbs, losses, rt, rank):
+        self.schedule_ref = schedule_ref
+        self.arg_mbs = arg_mbs
+        self.kwarg_mbs = kwarg_mbs
+        self.target_mbs = target_mbs
+        self.losses = losses
+        self.rank = rank
+        self._rt = rt
+
+    def run_builtin(self, action):
+        self._rt.run_builtin(self.rank, str(action))
+
+
 def _split_inputs(args, kwargs, n, args_chunk_spec, kwargs_chunk_spec):
     """Per microbatch, the model's inputs in the stage Programs' order. Keyword inputs
     follow the positional ones in the order given, as pipeline() flattened its mb_args and
@@ -260,22 +291,107 @@ class _PipelineSchedule:
         if num_stages != pp_size * self.stages_per_rank:
             raise ValueError(f"{num_stages} stages cannot be spread evenly over {pp_size} ranks")
         # the compute order and its lowering (raise ValueError for invalid configurations)
+        self._custom_fns = {}
         self.pipeline_order = self._compute_order()
         self._executor = None
 
     def _compute_order(self):
+        if type(self)._name is None:
+            # a custom schedule: its subclass sets pipeline_order (or _load_csv is used)
+            self._custom_order = True
+            return {r: [] for r in range(self.pp_size)}
         if not self._multi and self.stages_per_rank != 1:
             raise ValueError(f"{type(self).__name__} runs one stage per rank")
         rows = _C._sched_generate(self._name, self.pp_size, self.stages_per_rank,
                                   self._n_microbatches, fix_1f1b=True)
         return {r: list(row) for r, row in enumerate(rows)}
 
+    def _order_rows(self, order):
+        """pipeline_order as one list of action strings (None = idle) per rank."""
+        if isinstance(order, dict):
+            if self._custom_order and order:
+                self.pp_size = max(order) + 1
+            missing = [r for r in range(self.pp_size) if r not in order]
+            if missing:
+                raise ValueError(f"pipeline_order has no actions for ranks {missing}")
+            order = [order[r] for r in range(self.pp_size)]
+        rows = [[None if a is None else str(a) for a in row] for row in order]
+        if self._custom_order:
+            self.pp_size = len(rows)
+        if len(rows) != self.pp_size:
+            raise ValueError(f"pipeline_order has {len(rows)} ranks, the pipeline {self.pp_size}")
+        return rows
+
     def _lowered(self):
-        order = [self.pipeline_order[r] for r in range(self.pp_size)]
-        mapping = [_C._sched_stage_to_rank(self._style, self.pp_size, self._num_stages)[s]
-                   for s in range(self._num_stages)]
-        rows = _sched.lower(order, self._n_microbatches, mapping, merge_bw=False, unshard=False)
-        return {r: rows[r] for r in range(self.pp_size)}, mapping
+        override = getattr(self, "_lowered_override", None)
+        if override is not None:
+            self._custom_order = True
+            rows = self._order_rows(override)
+            mapping = getattr(self, "_stage_to_rank_override")
+            return {r: [a for a in rows[r] if a] for r in range(self.pp_size)}, mapping
+        rows = self._order_rows(self.pipeline_order)
+        if type(self)._name is None or self._custom_order:
+            # a custom order (CSV or a subclass): check it, read the placement off it
+            placed = _sched.validate(rows, self._n_microbatches, self._num_stages)
+            mapping = [placed[s] for s in range(self._num_stages)]
+        else:
+            mapping = list(_C._sched_stage_to_rank(self._style, self.pp_size,
+                                                   self._num_stages))
+        lowered = _sched.lower(rows, self._n_microbatches, mapping, merge_bw=False,
+                               unshard=False)
+        return {r: lowered[r] for r in range(self.pp_size)}, mapping
+
+    _custom_order = False
+
+    _CUSTOM_TYPES = ("F", "B", "I", "W", "OVERLAP_F_B", "UNSHARD", "RESHARD", "REDUCE_GRAD")
+
+    def register_custom_function(self, computation_type, custom_function):
+        """Run ``custom_function(action, ctx)`` instead of the built-in handler for every
+        action of ``computation_type`` (F, B, I, W, OVERLAP_F_B, UNSHARD, RESHARD,
+        REDUCE_GRAD). ``ctx.run_builtin(action)`` runs the built-in one."""
+        name = str(getattr(computation_type, "value", computation_type))
+        if name not in self._CUSTOM_TYPES:
+            raise ValueError(f"register_custom_function: {name!r} is not one of "
+                             f"{list(self._CUSTOM_TYPES)}")
+        if not callable(custom_function):
+            raise TypeError("register_custom_function: custom_function must be callable")
+        if name in self._custom_fns:
+            import warnings
+            warnings.warn(f"replacing the custom function registered for {name}")
+        self._custom_fns[name] = custom_function
+        if self._executor is not None:  # rebuilt with the new callbacks at the next step
+            self._executor.custom_fns = dict(self._custom_fns)
+            self._executor._rt = None
+
+    def _load_csv(self, filename, format="compute_only"):
+        """Use the schedule in a CSV file (one row per rank, torch's format) instead of the
+        generated one. ``compute_only``: F/I/W/B actions, lowered here; ``compute_comms``:
+        an already lowered order with SEND/RECV actions, run as is."""
+        if self._executor is not None:
+            raise RuntimeError("_load_csv must be called before the first step")
+        rows = _sched.load_csv(filename)
+        if format == "compute_only":
+            self.pipeline_order = {r: row for r, row in enumerate(rows)}
+            self._custom_order = True
+            self._lowered()  # validate now, not at the first step
+        elif format == "compute_comms":
+            compute = [[a for a in row if a and "SEND" not in a and "RECV" not in a
+                        and "SHARD" not in a and "REDUCE_GRAD" not in a] for row in rows]
+            placed = _sched.validate(compute, self._n_microbatches, self._num_stages)
+            self._stage_to_rank_override = [placed[s] for s in range(self._num_stages)]
+            self._lowered_override = rows
+        else:
+            raise ValueError(f"format must be 'compute_only' or 'compute_comms', got {format!r}")
+
+    def _dump_csv(self, filename, format="compute_only"):
+        """Write the schedule as CSV (``compute_only`` or the lowered ``compute_comms``)."""
+        if format == "compute_only":
+            _sched.dump_csv(filename, self._order_rows(self.pipeline_order))
+        elif format == "compute_comms":
+            lowered, _ = self._lowered()
+            _sched.dump_csv(filename, [lowered[r] for r in range(self.pp_size)])
+        else:
+            raise ValueError(f"format must be 'compute_only' or 'compute_comms', got {format!r}")
 
     def _ensure_executor(self):
         if self._executor is None:
@@ -288,6 +404,8 @@ class _PipelineSchedule:
             orders, mapping = self._lowered()
             self._executor = _Executor(self._stages, mapping, orders, self._n_microbatches,
                                        self._loss_fn, self.scale_grads)
+            self._executor.custom_fns = dict(self._custom_fns)
+            self._executor.schedule_ref = self
         return self._executor
 
     def _run(self, args, kwargs, target, losses, return_outputs, training):
