@@ -1,16 +1,12 @@
 /* module.c — pipec._C: module definition and multi-phase initialisation (PEP 489).
  *
- * Exec slot order: Tensor type (and NumPy C API), autograd types, op functions, then the
- * optional parts (CUDA, DLPack, schedules), and pipec.PipelineError.
+ * Exec slot order: Tensor type (and NumPy C API), autograd types, op functions, tracing,
+ * the runtime, pipec.PipelineError, then CUDA, DLPack, schedules and communicators.
  */
 #include "bindings.h"
 
 extern PyObject *pc_py_pipeline_error; /* errors.c */
 int pc_py_methods_init(PyObject *module);  /* methods.c */
-
-/* Weak no-op default for the optional communicator part, so a tree without it builds.
- * The real definition (a strong symbol) wins at link time. */
-__attribute__((weak)) int pc_py_comm_init(PyObject *module) { (void)module; return 0; }
 
 static int add_functions(PyObject *module, PyMethodDef *defs) {
     return PyModule_AddFunctions(module, defs);
