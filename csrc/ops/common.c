@@ -247,3 +247,25 @@ fail:
     pc_tensor_decref(r);
     return st;
 }
+
+/* ---- autograd helpers shared by the op files ---- */
+
+void pc_meta_of(const PcTensor *t, PcTensorMeta *m) {
+    memset(m, 0, sizeof *m);
+    m->ndim = t->ndim;
+    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
+    m->dtype = t->dtype;
+    m->device = t->device;
+}
+
+PcStatus pc_attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
+                        PcTensor *out, PcNode **node) {
+    *node = NULL;
+    if (!pc_autograd_any_requires_grad(n_in, in)) return PC_OK;
+    PcNode *n;
+    PC_TRY(pc_node_create(size, vt, 1, n_in, in, &n));
+    pc_autograd_set_history(out, n, 0);
+    pc_node_decref(n);
+    *node = n;
+    return PC_OK;
+}

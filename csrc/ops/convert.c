@@ -24,28 +24,6 @@
 
 /* ---- helpers ---- */
 
-static void meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
-/* When grad mode is on and an input requires grad: a node attached to `out` as output 0,
- * returned borrowed in *node (out holds the reference); NULL otherwise. */
-static PcStatus attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
-                            PcTensor *out, PcNode **node) {
-    *node = NULL;
-    if (!pc_autograd_any_requires_grad(n_in, in)) return PC_OK;
-    PcNode *n;
-    PC_TRY(pc_node_create(size, vt, 1, n_in, in, &n));
-    pc_autograd_set_history(out, n, 0);
-    pc_node_decref(n);
-    *node = n;
-    return PC_OK;
-}
-
 /* src's values as a new contiguous tensor of src's dtype on `dev` (no autograd).
  * Same device: a contiguous copy. */
 static PcStatus transfer(PcTensor *src, PcDevice dev, PcTensor **out) {
@@ -127,12 +105,12 @@ PcStatus pc_op_to(PcTensor *self, PcDType dtype, PcDevice dev, PcTensor **out) {
     PC_TRY(convert_raw(self, dtype, dev, &r));
     if (pc_dtype_is_float(dtype) && pc_dtype_is_float(self->dtype)) {
         PcNode *node;
-        PcStatus st = attach_node(sizeof(PcToNode), &to_vt, 1, &self, r, &node);
+        PcStatus st = pc_attach_node(sizeof(PcToNode), &to_vt, 1, &self, r, &node);
         if (st != PC_OK) {
             pc_tensor_decref(r);
             return st;
         }
-        if (node) meta_of(self, &((PcToNode *)node)->in);
+        if (node) pc_meta_of(self, &((PcToNode *)node)->in);
     }
     *out = r;
     return PC_OK;
@@ -173,7 +151,7 @@ PcStatus pc_op_clone(PcTensor *self, PcTensor **out) {
     PcTensor *r;
     PC_TRY(copy_raw(self, &r));
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcNode), &clone_vt, 1, &self, r, &node);
+    PcStatus st = pc_attach_node(sizeof(PcNode), &clone_vt, 1, &self, r, &node);
     if (st != PC_OK) {
         pc_tensor_decref(r);
         return st;
@@ -254,7 +232,7 @@ PcStatus pc_op_copy_(PcTensor *self, PcTensor *src) {
         PcNode *node;
         PcTensor *in = pc_dtype_is_float(src->dtype) ? src : NULL;
         PC_TRY(pc_node_create(sizeof(PcCopyNode), &copy_vt, 1, 1, &in, &node));
-        meta_of(src, &((PcCopyNode *)node)->src);
+        pc_meta_of(src, &((PcCopyNode *)node)->src);
         pc_autograd_set_history(self, node, 0); /* drops self's previous grad_fn */
         pc_node_decref(node);
     }

@@ -556,14 +556,6 @@ static const PcNodeVTable *pc_binary_vt(PcBinaryOp op) {
     }
 }
 
-static void pc_meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
 /* Node for op(a, b). edge_a: the tensor whose history the first edge follows (self before an
  * in-place write); a_val / b_val: the values the formulas use (old self / a copy of other). */
 static PcStatus pc_binary_node_new(PcBinaryOp op, double alpha, PcTensor *edge_a,

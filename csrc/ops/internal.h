@@ -42,6 +42,15 @@ PcStatus pc_sum_to_shape(PcTensor *grad, int ndim, const int64_t *shape, PcTenso
 /* In-place guard: fails when t is a leaf that requires grad while grad mode is on. */
 PcStatus pc_check_inplace(const char *op, const PcTensor *t);
 
+/* Shape, dtype and device of t (what a node keeps to build gradients of t's shape). */
+void pc_meta_of(const PcTensor *t, PcTensorMeta *m);
+
+/* When grad mode is on and an input requires grad: create a node of `size` bytes, make `out`
+ * its output 0 and return it in *node (borrowed: `out` holds the reference); else *node is
+ * NULL. The caller fills the node's own fields afterwards. */
+PcStatus pc_attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
+                        PcTensor *out, PcNode **node);
+
 /* Device string "cpu" / "cuda:0" into buf. */
 const char *pc_device_str(PcDevice d, char *buf, size_t n);
 

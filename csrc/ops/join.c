@@ -20,14 +20,6 @@
 
 /* ---- helpers ---- */
 
-static void meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
 /* One input as the node remembers it. */
 typedef struct PcJoinItem {
     PcTensorMeta meta; /* shape/dtype/device of the input */
@@ -58,7 +50,7 @@ static PcStatus attach_join(const PcNodeVTable *vt, int n, PcTensor *const *ts, 
     PcJoinNode *j = (PcJoinNode *)nd;
     j->dim = dim;
     j->n = n;
-    for (int i = 0; i < n; i++) meta_of(ts[i], &j->items[i].meta);
+    for (int i = 0; i < n; i++) pc_meta_of(ts[i], &j->items[i].meta);
     pc_autograd_set_history(out, nd, 0);
     pc_node_decref(nd);
     *node = j;

@@ -27,28 +27,6 @@
 
 /* ---- helpers ---- */
 
-static void meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
-/* When grad mode is on and an input requires grad: a node attached to `out` as output 0,
- * returned borrowed in *node (out holds the reference); NULL otherwise. */
-static PcStatus attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
-                            PcTensor *out, PcNode **node) {
-    *node = NULL;
-    if (!pc_autograd_any_requires_grad(n_in, in)) return PC_OK;
-    PcNode *n;
-    PC_TRY(pc_node_create(size, vt, 1, n_in, in, &n));
-    pc_autograd_set_history(out, n, 0);
-    pc_node_decref(n);
-    *node = n;
-    return PC_OK;
-}
-
 /* A view of t's storage with a new geometry (strides NULL = contiguous); no autograd. */
 static PcStatus alias(PcTensor *t, int ndim, const int64_t *shape, const int64_t *strides,
                       PcTensor **out) {
@@ -167,7 +145,7 @@ PcStatus pc_op_softmax(PcTensor *self, int dim, bool log, PcTensor **out) {
     PC_TRY(softmax_raw(self, d, log, false, NULL, &y));
     PcNode *node;
     PcStatus st;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcSoftmaxNode), log ? &log_softmax_vt : &softmax_vt, 1,
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcSoftmaxNode), log ? &log_softmax_vt : &softmax_vt, 1,
                                 &self, y, &node));
     if (node) {
         PcSoftmaxNode *n = (PcSoftmaxNode *)node;
@@ -298,12 +276,12 @@ PcStatus pc_op_mse_loss(PcTensor *input, PcTensor *target, PcReduction red, PcTe
     }
     PcTensor *ins[2] = {input, target};
     PcNode *node;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcMseNode), &mse_vt, 2, ins, res, &node));
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcMseNode), &mse_vt, 2, ins, res, &node));
     if (node) {
         PcMseNode *n = (PcMseNode *)node;
         n->red = red;
-        meta_of(input, &n->in);
-        meta_of(target, &n->tgt);
+        pc_meta_of(input, &n->in);
+        pc_meta_of(target, &n->tgt);
         PC_TRY_GOTO(st, pc_saved_set(&n->diff, diff));
     }
     *out = res;
@@ -448,11 +426,11 @@ PcStatus pc_op_cross_entropy(PcTensor *input, PcTensor *target, PcReduction red,
     }
     PcTensor *ins[2] = {input, NULL};
     PcNode *node;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcNllNode), &nll_vt, 2, ins, res, &node));
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcNllNode), &nll_vt, 2, ins, res, &node));
     if (node) {
         PcNllNode *n = (PcNllNode *)node;
         n->red = red;
-        meta_of(input, &n->in);
+        pc_meta_of(input, &n->in);
         PC_TRY_GOTO(st, pc_saved_set(&n->lsm, lsm));
         PC_TRY_GOTO(st, pc_saved_set(&n->target, t2));
     }

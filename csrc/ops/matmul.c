@@ -23,14 +23,6 @@
 
 /* ---- layout helpers (no autograd) ---- */
 
-static void pc_meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
 static int64_t pc_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* How gemm can read an (r, c) matrix with strides (sr, sc): row-major with ld (trans false)

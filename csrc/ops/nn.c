@@ -25,28 +25,6 @@
 
 /* ---- helpers ---- */
 
-static void meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
-/* When grad mode is on and an input requires grad: a node attached to `out` as output 0,
- * returned borrowed in *node (out holds the reference); NULL otherwise. */
-static PcStatus attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
-                            PcTensor *out, PcNode **node) {
-    *node = NULL;
-    if (!pc_autograd_any_requires_grad(n_in, in)) return PC_OK;
-    PcNode *n;
-    PC_TRY(pc_node_create(size, vt, 1, n_in, in, &n));
-    pc_autograd_set_history(out, n, 0);
-    pc_node_decref(n);
-    *node = n;
-    return PC_OK;
-}
-
 /* A contiguous tensor's storage seen with a new contiguous shape; no autograd. */
 static PcStatus reshape_contig(PcTensor *t, int ndim, const int64_t *shape, PcTensor **out) {
     return pc_tensor_view_of(t->storage, t->offset, ndim, shape, NULL, t->dtype, out);
@@ -189,12 +167,12 @@ PcStatus pc_op_layer_norm(PcTensor *x, int norm_ndim, PcTensor *weight, PcTensor
     PC_TRY_GOTO(st, reshape_contig(y, x->ndim, x->shape, &res));
     PcTensor *ins[3] = {x, weight, bias};
     PcNode *node;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcLayerNormNode), &layer_norm_vt, 3, ins, res, &node));
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcLayerNormNode), &layer_norm_vt, 3, ins, res, &node));
     if (node) {
         PcLayerNormNode *n = (PcLayerNormNode *)node;
-        meta_of(x, &n->xm);
-        if (weight) meta_of(weight, &n->wm);
-        if (bias) meta_of(bias, &n->bm);
+        pc_meta_of(x, &n->xm);
+        if (weight) pc_meta_of(weight, &n->wm);
+        if (bias) pc_meta_of(bias, &n->bm);
         PC_TRY_GOTO(st, pc_saved_set(&n->x, x2));
         PC_TRY_GOTO(st, pc_saved_set(&n->mean, mean));
         PC_TRY_GOTO(st, pc_saved_set(&n->rstd, rstd));
@@ -286,7 +264,7 @@ PcStatus pc_op_dropout(PcTensor *x, double p, bool training, PcTensor **out) {
     PC_TRY_GOTO(st, pc_empty_like(mask, &res));
     if (numel > 0) PC_TRY_GOTO(st, be->binary(PC_B_MUL, res, x, mask, 1.0));
     PcNode *node;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcDropoutNode), &dropout_vt, 1, &x, res, &node));
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcDropoutNode), &dropout_vt, 1, &x, res, &node));
     if (node) PC_TRY_GOTO(st, pc_saved_set(&((PcDropoutNode *)node)->mask, mask));
     *out = res;
     res = NULL;
@@ -377,10 +355,10 @@ PcStatus pc_op_embedding(PcTensor *weight, PcTensor *idx, PcTensor **out) {
     PC_TRY_GOTO(st, reshape_contig(y, idx->ndim + 1, oshape, &res));
     PcTensor *ins[2] = {weight, NULL};
     PcNode *node;
-    PC_TRY_GOTO(st, attach_node(sizeof(PcEmbeddingNode), &embedding_vt, 2, ins, res, &node));
+    PC_TRY_GOTO(st, pc_attach_node(sizeof(PcEmbeddingNode), &embedding_vt, 2, ins, res, &node));
     if (node) {
         PcEmbeddingNode *en = (PcEmbeddingNode *)node;
-        meta_of(weight, &en->wm);
+        pc_meta_of(weight, &en->wm);
         PC_TRY_GOTO(st, pc_saved_set(&en->idx, i1));
     }
     *out = res;

@@ -21,14 +21,6 @@
 
 /* ---- helpers ---- */
 
-static void pc_meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
 /* A view of g (the gradient of a reduction over `mask` of a tensor of shape (nd, full)) with
  * nd dims: reduced dims get stride 0 and size `full[i]` when expand, else 1. g's dims are the
  * unreduced ones (all of them when keepdim). */

@@ -24,33 +24,10 @@
 
 /* ---- helpers ---- */
 
-static void meta_of(const PcTensor *t, PcTensorMeta *m) {
-    memset(m, 0, sizeof *m);
-    m->ndim = t->ndim;
-    for (int i = 0; i < t->ndim; i++) m->shape[i] = t->shape[i];
-    m->dtype = t->dtype;
-    m->device = t->device;
-}
-
 /* A view of t's storage with the given geometry; no autograd. New reference. */
 static PcStatus alias(PcTensor *t, int64_t offset, int ndim, const int64_t *shape,
                       const int64_t *strides, PcTensor **out) {
     return pc_tensor_view_of(t->storage, offset, ndim, shape, strides, t->dtype, out);
-}
-
-/* When grad mode is on and an input requires grad: create a node of `size` bytes, make `out`
- * its output 0 and return it in *node (borrowed: `out` holds the reference), else NULL.
- * The caller fills the node's own fields afterwards. */
-static PcStatus attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
-                            PcTensor *out, PcNode **node) {
-    *node = NULL;
-    if (!pc_autograd_any_requires_grad(n_in, in)) return PC_OK;
-    PcNode *n;
-    PC_TRY(pc_node_create(size, vt, 1, n_in, in, &n));
-    pc_autograd_set_history(out, n, 0);
-    pc_node_decref(n);
-    *node = n;
-    return PC_OK;
 }
 
 /* "[2, 5]" (torch's list form used in view/reshape messages) into buf. */
@@ -86,12 +63,12 @@ static const PcNodeVTable squeeze_dim_vt = {"SqueezeBackward1", shape_apply, NUL
 static PcStatus finish_shape_view(const PcNodeVTable *vt, PcTensor *self, PcTensor *v,
                                   PcTensor **out) {
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcShapeNode), vt, 1, &self, v, &node);
+    PcStatus st = pc_attach_node(sizeof(PcShapeNode), vt, 1, &self, v, &node);
     if (st != PC_OK) {
         pc_tensor_decref(v);
         return st;
     }
-    if (node) meta_of(self, &((PcShapeNode *)node)->in);
+    if (node) pc_meta_of(self, &((PcShapeNode *)node)->in);
     *out = v;
     return PC_OK;
 }
@@ -287,7 +264,7 @@ static PcStatus transpose_impl(const PcNodeVTable *vt, PcTensor *self, int a, in
     PcTensor *v;
     PC_TRY(alias(self, self->offset, self->ndim, shape, strides, &v));
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcTransposeNode), vt, 1, &self, v, &node);
+    PcStatus st = pc_attach_node(sizeof(PcTransposeNode), vt, 1, &self, v, &node);
     if (st != PC_OK) {
         pc_tensor_decref(v);
         return st;
@@ -359,7 +336,7 @@ PcStatus pc_op_permute(PcTensor *self, int ndims, const int *dims, PcTensor **ou
     PcTensor *v;
     PC_TRY(alias(self, self->offset, ndims, shape, strides, &v));
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcPermuteNode), &permute_vt, 1, &self, v, &node);
+    PcStatus st = pc_attach_node(sizeof(PcPermuteNode), &permute_vt, 1, &self, v, &node);
     if (st != PC_OK) {
         pc_tensor_decref(v);
         return st;
@@ -480,12 +457,12 @@ PcStatus pc_op_expand(PcTensor *self, int ndim, const int64_t *shape, PcTensor *
     PcTensor *v;
     PC_TRY(alias(self, self->offset, ndim, ns, nst, &v));
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcExpandNode), &expand_vt, 1, &self, v, &node);
+    PcStatus st = pc_attach_node(sizeof(PcExpandNode), &expand_vt, 1, &self, v, &node);
     if (st != PC_OK) {
         pc_tensor_decref(v);
         return st;
     }
-    if (node) meta_of(self, &((PcExpandNode *)node)->in);
+    if (node) pc_meta_of(self, &((PcExpandNode *)node)->in);
     *out = v;
     return PC_OK;
 }
@@ -557,14 +534,14 @@ static const PcNodeVTable select_vt = {"SelectBackward0", slice_apply, NULL};
 static PcStatus finish_slice(const PcNodeVTable *vt, PcTensor *self, PcTensor *v, int dim,
                              int64_t start, int64_t len, int64_t step, PcTensor **out) {
     PcNode *node;
-    PcStatus st = attach_node(sizeof(PcSliceNode), vt, 1, &self, v, &node);
+    PcStatus st = pc_attach_node(sizeof(PcSliceNode), vt, 1, &self, v, &node);
     if (st != PC_OK) {
         pc_tensor_decref(v);
         return st;
     }
     if (node) {
         PcSliceNode *n = (PcSliceNode *)node;
-        meta_of(self, &n->in);
+        pc_meta_of(self, &n->in);
         n->dim = dim;
         n->start = start;
         n->len = len;
