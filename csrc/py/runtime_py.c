@@ -21,6 +21,7 @@ typedef struct {
     PyObject *loss_fn;    /* owned or NULL */
     PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
     PyObject *custom_fn;  /* owned callable(rank, action_text), or NULL */
+    bool *has_dw;         /* owned [n_stages]: stage has a dW function (keys of dw_fns) */
     bool custom_types[PC_ACT_COUNT];
     int n_stages;
 } PcPyRuntime;
@@ -62,16 +63,11 @@ static PcStatus cb_loss(void *ctx, int stage, int mb, int n_out, PcTensor *const
     return st;
 }
 
+/* Called for every backward action: answered from a table built at construction, so the
+ * runtime's loop does not take the GIL for it. */
 static bool cb_has_dw(void *ctx, int stage) {
     PcPyRuntime *self = ctx;
-    if (!self->dw_fns) return false;
-    PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *k = PyLong_FromLong(stage);
-    int r = k ? PyDict_Contains(self->dw_fns, k) : -1;
-    Py_XDECREF(k);
-    if (r < 0) PyErr_Clear();
-    PyGILState_Release(g);
-    return r == 1;
+    return self->has_dw && stage >= 0 && stage < self->n_stages && self->has_dw[stage];
 }
 
 static PcStatus cb_dw(void *ctx, int stage, int mb) {
@@ -129,6 +125,8 @@ static int runtime_clear(PcPyRuntime *self) {
     Py_CLEAR(self->loss_fn);
     Py_CLEAR(self->dw_fns);
     Py_CLEAR(self->custom_fn);
+    PyMem_Free(self->has_dw);
+    self->has_dw = NULL;
     return 0;
 }
 
@@ -196,6 +194,21 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
             return NULL;
         }
         self->dw_fns = Py_NewRef(dw_fns);
+        self->has_dw = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof(bool));
+        if (!self->has_dw) {
+            Py_DECREF(self);
+            return PyErr_NoMemory();
+        }
+        for (Py_ssize_t st_i = 0; st_i < ns; st_i++) {
+            PyObject *k = PyLong_FromSsize_t(st_i);
+            int r = k ? PyDict_Contains(dw_fns, k) : -1;
+            Py_XDECREF(k);
+            if (r < 0) {
+                Py_DECREF(self);
+                return NULL;
+            }
+            self->has_dw[st_i] = r == 1;
+        }
     }
     PcRuntimeStageDesc *desc = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *desc);
     PcStageInput **ins = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *ins);
