@@ -31,6 +31,15 @@ typedef struct PcCommOps {
     const char *name; /* "tcp", "nccl" */
     PcStatus (*send)(PcComm *c, int peer, uint64_t tag, const PcTensor *t);
     PcStatus (*recv)(PcComm *c, int peer, uint64_t tag, PcTensor *t);
+    /* Split receive: recv_post starts receiving (peer, tag) into t and hands back a request;
+     * recv_wait completes it (data is then usable on the caller's current stream) and
+     * recv_drop abandons it; either frees the request. Asynchronous backends (NCCL) enqueue
+     * the transfer at post time, in posting order; the TCP backend, which buffers early
+     * arrivals, receives at wait time, which gives the same result. t stays referenced by
+     * the request until it is freed. */
+    PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
+    PcStatus (*recv_wait)(PcComm *c, void *req);
+    void (*recv_drop)(PcComm *c, void *req);
     PcStatus (*send_bytes)(PcComm *c, int peer, uint64_t tag, const void *buf, size_t n);
     /* Receives a whole message of any size into a malloc'd buffer (*buf, caller frees). */
     PcStatus (*recv_bytes)(PcComm *c, int peer, uint64_t tag, void **buf, size_t *n);

@@ -107,6 +107,64 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
 
+/* Split receive: the transfer is enqueued on the comm stream at post time (NCCL matches
+ * in posting order); an event recorded after it lets the wait order the caller's current
+ * stream behind it without blocking the host. */
+typedef struct NcclRecvReq {
+    void *event;
+    PcTensor *t; /* owned reference: the buffer lives until the request is freed */
+} NcclRecvReq;
+
+static void nc_recv_drop(PcComm *cm, void *req) {
+    (void)cm;
+    NcclRecvReq *r = req;
+    if (!r) return;
+    pc_cuda_event_destroy(r->event);
+    pc_tensor_decref(r->t);
+    free(r);
+}
+
+static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, void **req) {
+    (void)tag;
+    *req = NULL;
+    NcclComm *c = NC(cm);
+    PC_TRY(check_tensor(c, t, "recv"));
+    ncclDataType_t dt;
+    PC_TRY(nccl_dtype(t->dtype, &dt));
+    NcclRecvReq *r = calloc(1, sizeof *r);
+    if (!r) return pc_set_error(PC_ERR_OOM, "recv: out of host memory posting a receive");
+    pc_tensor_incref(t);
+    r->t = t;
+    void *cur;
+    PcStatus st = pc_cuda_event_create(c->device, false, false, false, &r->event);
+    if (st == PC_OK) st = pc_cuda_current_stream(c->device, &cur);
+    /* the buffer was allocated on the current stream: the transfer must follow that */
+    if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
+    if (st == PC_OK) {
+        ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
+                                   c->comm, (cudaStream_t)c->stream);
+        if (nr != ncclSuccess) st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
+    }
+    if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
+    if (st == PC_OK) st = pc_cuda_event_record(r->event, c->stream);
+    if (st != PC_OK) {
+        nc_recv_drop(cm, r);
+        return st;
+    }
+    *req = r;
+    return PC_OK;
+}
+
+static PcStatus nc_recv_wait(PcComm *cm, void *req) {
+    NcclComm *c = NC(cm);
+    NcclRecvReq *r = req;
+    void *cur;
+    PcStatus st = pc_cuda_current_stream(c->device, &cur);
+    if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, r->event);
+    nc_recv_drop(cm, r);
+    return st;
+}
+
 /* Bytes travel through a device staging buffer: an 8-byte size, then the payload. */
 static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *buf, size_t n) {
     (void)tag;
@@ -238,7 +296,7 @@ static void nc_destroy(PcComm *cm) {
 }
 
 static const PcCommOps nccl_ops = {
-    "nccl", nc_send, nc_recv, nc_send_bytes, nc_recv_bytes, nc_barrier, nc_all_reduce_sum,
+    "nccl", nc_send, nc_recv, nc_recv_post, nc_recv_wait, nc_recv_drop, nc_send_bytes, nc_recv_bytes, nc_barrier, nc_all_reduce_sum,
     nc_broadcast_bytes, nc_abort, nc_destroy,
 };
 

@@ -817,6 +817,41 @@ static PcStatus tcp_recv(PcComm *base, int peer, uint64_t tag, PcTensor *t) {
     return PC_OK;
 }
 
+/* Split receive: the progress thread already buffers messages that arrive before their
+ * receive, so posting only records what to receive and the wait does the receive. */
+typedef struct TcpRecvReq {
+    int peer;
+    uint64_t tag;
+    PcTensor *t; /* owned reference */
+} TcpRecvReq;
+
+static PcStatus tcp_recv_post(PcComm *base, int peer, uint64_t tag, PcTensor *t, void **req) {
+    *req = NULL;
+    PC_TRY(check_peer(base, peer, "recv"));
+    PC_TRY(check_tensor(t, "recv"));
+    TcpRecvReq *r = malloc(sizeof *r);
+    if (!r) return pc_set_error(PC_ERR_OOM, "recv: out of host memory posting a receive");
+    pc_tensor_incref(t);
+    *r = (TcpRecvReq){peer, tag, t};
+    *req = r;
+    return PC_OK;
+}
+
+static void tcp_recv_drop(PcComm *base, void *req) {
+    (void)base;
+    TcpRecvReq *r = req;
+    if (!r) return;
+    pc_tensor_decref(r->t);
+    free(r);
+}
+
+static PcStatus tcp_recv_wait(PcComm *base, void *req) {
+    TcpRecvReq *r = req;
+    PcStatus st = tcp_recv(base, r->peer, r->tag, r->t);
+    tcp_recv_drop(base, req);
+    return st;
+}
+
 /* ---- collectives ---- */
 
 /* Tags of one collective: its sequence number and a step (ring all-reduce has 2(p-1)). */
@@ -1049,6 +1084,9 @@ static const PcCommOps tcp_ops = {
     .name = "tcp",
     .send = tcp_send,
     .recv = tcp_recv,
+    .recv_post = tcp_recv_post,
+    .recv_wait = tcp_recv_wait,
+    .recv_drop = tcp_recv_drop,
     .send_bytes = tcp_send_bytes,
     .recv_bytes = tcp_recv_bytes,
     .barrier = tcp_barrier,

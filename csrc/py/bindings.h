@@ -15,6 +15,9 @@ PyObject *pc_py_tensor_numpy(PyObject *self);               /* new reference */
 PyObject *pc_py_from_numpy(PyObject *mod, PyObject *arr);   /* new reference */
 PcStatus pc_py_item(PcTensor *t, double *out);
 
+/* errors.c: pipec.PipelineError (set at module init) */
+extern PyObject *pc_py_pipeline_error;
+
 /* methods.c: run a call (GIL released for large work) and record it when tracing;
  * outputs are new references. */
 PcStatus pc_py_call_run(PcCall *c, PcTensor **in, PcTensor **outs);
@@ -39,6 +42,12 @@ struct PcProgram *pc_py_program_ptr(PyObject *obj);
 
 /* comm_py.c: the communicator and store objects */
 int pc_py_comm_init(PyObject *module);
+/* The PcComm of a _C.Comm (borrowed), counted as a call in flight so that destroy() waits
+ * for it; NULL + exception when obj is not a Comm or was destroyed. GIL held. */
+struct PcComm;
+struct PcComm *pc_py_comm_acquire(PyObject *obj);
+/* Ends what pc_py_comm_acquire began (any thread; the GIL is not needed). */
+void pc_py_comm_release(PyObject *obj);
 
 /* runtime_py.c */
 int pc_py_runtime_init(PyObject *module);

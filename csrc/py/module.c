@@ -5,7 +5,6 @@
  */
 #include "bindings.h"
 
-extern PyObject *pc_py_pipeline_error; /* errors.c */
 int pc_py_methods_init(PyObject *module);  /* methods.c */
 
 static int add_functions(PyObject *module, PyMethodDef *defs) {

@@ -1,14 +1,18 @@
 /* runtime_py.c — Python face of the pipeline runtime (csrc/runtime/runtime.h).
  *
  * _C.Runtime(stages, n_microbatches, loss_fn, dw_fns, timeout) where stages is a list of
- * (rank, device, Program, [param tensors], [(src_stage, src_idx), ...], n_out). The object
- * keeps the Programs and parameter lists alive (the C runtime borrows them).
+ * (rank, device, Program, [param tensors], [(src_stage, src_idx), ...], n_out
+ *  [, in_meta, out_meta]); Program is None for a stage of another process, and a meta list
+ * holds (dtype, shape, requires_grad) per input/output (multi-process mode, see
+ * set_comm). The object keeps the Programs, parameter lists and communicator alive (the C
+ * runtime borrows them).
  * loss_fn(outputs, mb) -> loss tensor (outputs: a tuple); dw_fns: {stage: fn(mb)}.
  * run_rank(rank, actions) releases the GIL for the whole action list; callbacks take it
  * back. All functions return new references.
  */
 #include "bindings.h"
 
+#include "../comm/comm.h"
 #include "../graph/program.h"
 #include "../runtime/runtime.h"
 
@@ -21,6 +25,8 @@ typedef struct {
     PyObject *loss_fn;    /* owned or NULL */
     PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
     PyObject *custom_fn;  /* owned callable(rank, action_text), or NULL */
+    PyObject *comm;       /* owned _C.Comm in multi-process mode, or NULL */
+    PcComm *comm_ptr;     /* the PcComm given to the C runtime (checked at each step) */
     bool *has_dw;         /* owned [n_stages]: stage has a dW function (keys of dw_fns) */
     bool custom_types[PC_ACT_COUNT];
     int n_stages;
@@ -109,6 +115,7 @@ static int runtime_traverse(PcPyRuntime *self, visitproc visit, void *arg) {
     Py_VISIT(self->loss_fn);
     Py_VISIT(self->dw_fns);
     Py_VISIT(self->custom_fn);
+    Py_VISIT(self->comm);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -125,6 +132,7 @@ static int runtime_clear(PcPyRuntime *self) {
     Py_CLEAR(self->loss_fn);
     Py_CLEAR(self->dw_fns);
     Py_CLEAR(self->custom_fn);
+    Py_CLEAR(self->comm);
     PyMem_Free(self->has_dw);
     self->has_dw = NULL;
     return 0;
@@ -148,6 +156,50 @@ static void runtime_dealloc(PcPyRuntime *self) {
     } while (0)
 
 static void free_ext_capsule(PyObject *cap) { PyMem_Free(PyCapsule_GetPointer(cap, NULL)); }
+
+/* A list of (dtype, shape, requires_grad), n long, into metas[n]; None gives NULL. */
+static int parse_metas(PyObject *obj, int n, const char *what, PcValueMeta **out) {
+    *out = NULL;
+    if (obj == Py_None) return 0;
+    if (!PyList_Check(obj) || PyList_GET_SIZE(obj) != n) {
+        PyErr_Format(PyExc_ValueError, "Runtime: %s must be a list of %d (dtype, shape, "
+                                       "requires_grad)", what, n);
+        return -1;
+    }
+    PcValueMeta *m = PyMem_Calloc((size_t)(n ? n : 1), sizeof *m);
+    if (!m) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *dt, *shape;
+        int rg;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(obj, i), "OO!p", &dt, &PyTuple_Type, &shape, &rg) ||
+            pc_py_parse_dtype(dt, what, &m[i].dtype) < 0)
+            goto fail;
+        Py_ssize_t nd = PyTuple_GET_SIZE(shape);
+        if (nd > PC_MAX_DIMS) {
+            PyErr_Format(PyExc_ValueError, "Runtime: %s has %zd dims (at most %d)", what, nd,
+                         PC_MAX_DIMS);
+            goto fail;
+        }
+        m[i].ndim = (int)nd;
+        for (Py_ssize_t d = 0; d < nd; d++) {
+            m[i].shape[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+            if (m[i].shape[d] < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "Runtime: %s has a negative size", what);
+                goto fail;
+            }
+        }
+        m[i].requires_grad = rg != 0;
+    }
+    *out = m;
+    return 0;
+fail:
+    PyMem_Free(m);
+    return -1;
+}
 
 static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"stages", "n_microbatches", "loss_fn", "dw_fns", "timeout",
@@ -212,23 +264,24 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     }
     PcRuntimeStageDesc *desc = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *desc);
     PcStageInput **ins = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *ins);
+    PcValueMeta **metas = PyMem_Calloc((size_t)(2 * ns + 1), sizeof *metas);
     PcTensor ***exts = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *exts);
     PyObject *ret = NULL;
-    if (!desc || !ins || !exts || !self->keep) {
+    if (!desc || !ins || !exts || !metas || !self->keep) {
         PyErr_NoMemory();
         goto out;
     }
     for (Py_ssize_t s = 0; s < ns; s++) {
         PyObject *item = PyList_GET_ITEM(stages, s);
         int rank, n_out;
-        PyObject *devo, *prog, *params, *srcs;
-        if (!PyArg_ParseTuple(item, "iOOO!O!i", &rank, &devo, &prog, &PyList_Type, &params,
-                              &PyList_Type, &srcs, &n_out))
+        PyObject *devo, *prog, *params, *srcs, *in_meta = Py_None, *out_meta = Py_None;
+        if (!PyArg_ParseTuple(item, "iOOO!O!i|OO", &rank, &devo, &prog, &PyList_Type, &params,
+                              &PyList_Type, &srcs, &n_out, &in_meta, &out_meta))
             goto out;
         PcDevice dev;
         if (pc_py_parse_device(devo, "stage device", &dev) < 0) goto out;
-        PcProgram *p = pc_py_program_ptr(prog);
-        if (!p) goto out;
+        PcProgram *p = prog == Py_None ? NULL : pc_py_program_ptr(prog);
+        if (!p && prog != Py_None) goto out;
         if (PyList_Append(self->keep, prog) < 0 || PyList_Append(self->keep, params) < 0)
             goto out;
         Py_ssize_t ne = PyList_GET_SIZE(params), ni = PyList_GET_SIZE(srcs);
@@ -245,14 +298,19 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
             if (!PyArg_ParseTuple(PyList_GET_ITEM(srcs, i), "ii", &ins[s][i].src_stage,
                                   &ins[s][i].src_idx))
                 goto out;
-        if (ne != p->n_externals || ni != p->n_inputs || n_out != p->n_outputs) {
+        if (parse_metas(in_meta, (int)ni, "in_meta", &metas[2 * s]) < 0 ||
+            parse_metas(out_meta, n_out, "out_meta", &metas[2 * s + 1]) < 0)
+            goto out;
+        if (p && (ne != p->n_externals || ni != p->n_inputs || n_out != p->n_outputs)) {
             PyErr_Format(PyExc_ValueError,
                          "Runtime: stage %zd wiring does not match its Program (%zd/%d params, "
                          "%zd/%d inputs, %d/%d outputs)",
                          s, ne, p->n_externals, ni, p->n_inputs, n_out, p->n_outputs);
             goto out;
         }
-        desc[s] = (PcRuntimeStageDesc){rank, dev, p, (int)ne, exts[s], (int)ni, ins[s], n_out};
+        desc[s] = (PcRuntimeStageDesc){rank,      dev,   p,          (int)ne,
+                                       exts[s],   (int)ni, ins[s],   n_out,
+                                       metas[2 * s], metas[2 * s + 1]};
     }
     PcRuntimeCallbacks cb = {self, self->loss_fn ? cb_loss : NULL, cb_dw, cb_has_dw,
                              cb_has_custom, cb_custom};
@@ -264,6 +322,8 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     ret = (PyObject *)self;
     self = NULL;
 out:
+    for (Py_ssize_t s = 0; metas && s < 2 * ns; s++) PyMem_Free(metas[s]); /* copied */
+    PyMem_Free(metas);
     for (Py_ssize_t s = 0; s < ns; s++) {
         if (ins) PyMem_Free(ins[s]);
         /* exts[s] must outlive the runtime: the C runtime copies only the pointer */
@@ -342,13 +402,44 @@ static PyObject *rt_run_rank(PcPyRuntime *self, PyObject *args) {
         if (st == PC_OK) st = pc_action_list_push(&list, a);
     }
     Py_DECREF(seq);
+    bool acquired = false;
+    if (st == PC_OK && self->comm) {
+        /* the communicator must stay alive while the rank runs (destroy() waits for us) */
+        PcComm *c = pc_py_comm_acquire(self->comm);
+        if (c && c != self->comm_ptr) pc_py_comm_release(self->comm);
+        if (!c || c != self->comm_ptr) {
+            PyErr_Clear();
+            pc_action_list_free(&list);
+            PyErr_SetString(pc_py_pipeline_error, "the process group of this pipeline was "
+                                                  "destroyed");
+            return NULL;
+        }
+        acquired = true;
+    }
     if (st == PC_OK) {
         Py_BEGIN_ALLOW_THREADS
         st = pc_runtime_run_rank(self->rt, rank, &list);
         Py_END_ALLOW_THREADS
     }
+    if (acquired) pc_py_comm_release(self->comm);
     pc_action_list_free(&list);
     if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* set_comm(comm, rank): multi-process mode over a _C.Comm (kept alive by the runtime). */
+static PyObject *rt_set_comm(PcPyRuntime *self, PyObject *args) {
+    RT_REQUIRE(self);
+    PyObject *comm;
+    int rank;
+    if (!PyArg_ParseTuple(args, "Oi:set_comm", &comm, &rank)) return NULL;
+    PcComm *c = pc_py_comm_acquire(comm);
+    if (!c) return NULL;
+    PcStatus st = pc_runtime_set_comm(self->rt, c, rank);
+    pc_py_comm_release(comm);
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_XSETREF(self->comm, Py_NewRef(comm));
+    self->comm_ptr = c;
     Py_RETURN_NONE;
 }
 
@@ -440,6 +531,8 @@ static PyMethodDef runtime_methods[] = {
      "begin_step(inputs, n_model_inputs, training, record_timeline)"},
     {"run_rank", (PyCFunction)rt_run_rank, METH_VARARGS,
      "run_rank(rank, actions): execute one rank's lowered actions (GIL released)."},
+    {"set_comm", (PyCFunction)rt_set_comm, METH_VARARGS,
+     "set_comm(comm, rank): run only `rank` here, reaching the others through comm."},
     {"run_builtin", (PyCFunction)rt_run_builtin, METH_VARARGS,
      "run_builtin(rank, action): run an action's built-in handler (from a custom function)."},
     {"outputs", (PyCFunction)rt_outputs, METH_O, "Last-stage outputs of a microbatch."},

@@ -28,8 +28,11 @@ typedef struct Consumer {
 typedef struct RtStage {
     PcRuntimeStageDesc d;
     PcStageInput *in;        /* owned copy of d.in */
+    PcValueMeta *in_meta;    /* owned copy of d.in_meta, or NULL */
+    PcValueMeta *out_meta;   /* owned copy of d.out_meta, or NULL */
     int *n_cons;             /* [n_out]: consumers of each output */
     Consumer **cons;         /* [n_out][n_cons] owned */
+    int n_redge;             /* multi-process: consumers on other ranks, over all outputs */
     bool is_last;
 } RtStage;
 
@@ -44,6 +47,12 @@ typedef struct MbState {
     PcTensor **gin;          /* [n_in] input gradients (owned) until sent */
     PcWeightWork *work;      /* queued weight work between I and W */
     bool fwd_done, bwd_done;
+    /* multi-process: receives from other ranks */
+    void **in_req;           /* [n_in] posted receive of input k (into in[k]), or NULL */
+    bool in_posted;          /* the inputs' receives were posted this step */
+    void **g_req;            /* [n_redge] posted receive of one consumer's gradient */
+    PcTensor **g_buf;        /* [n_redge] its buffer (owned), NULL when none is expected */
+    bool g_posted;
 } MbState;
 
 struct PcRuntime {
@@ -55,6 +64,9 @@ struct PcRuntime {
     bool training, record;
     int n_model_in;
     PcTensor **model_in;     /* [n_mb * n_model_in] owned refs */
+    PcComm *comm;            /* multi-process mode (borrowed), else NULL */
+    int my_rank;             /* the rank this process runs in multi-process mode */
+    unsigned step;           /* steps begun: part of every message tag */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool failed;
@@ -66,6 +78,11 @@ struct PcRuntime {
 };
 
 static MbState *MB(PcRuntime *rt, int stage, int mb) { return &rt->mb[stage * rt->n_mb + mb]; }
+
+/* In multi-process mode: whether `stage` runs in another process. */
+static bool is_foreign(const PcRuntime *rt, int stage) {
+    return rt->comm && rt->st[stage].d.rank != rt->my_rank;
+}
 
 /* When the current action's compute started (after its waits for data), for the timeline. */
 static _Thread_local double tl_compute_start = -1.0;
@@ -102,6 +119,17 @@ static void mb_clear(PcRuntime *rt, int s, int m) {
         if (st->in[k].src_stage >= 0) x->in_missing++;
     }
     for (int o = 0; o < st->d.n_out; o++) x->gout_missing[o] = st->n_cons[o];
+    for (int k = 0; x->in_req && k < st->d.n_in; k++) {
+        if (x->in_req[k] && rt->comm) rt->comm->ops->recv_drop(rt->comm, x->in_req[k]);
+        x->in_req[k] = NULL;
+    }
+    for (int e = 0; x->g_req && e < st->n_redge; e++) {
+        if (x->g_req[e] && rt->comm) rt->comm->ops->recv_drop(rt->comm, x->g_req[e]);
+        x->g_req[e] = NULL;
+        pc_tensor_decref(x->g_buf[e]);
+        x->g_buf[e] = NULL;
+    }
+    x->in_posted = x->g_posted = false;
 }
 
 void pc_runtime_free(PcRuntime *rt) {
@@ -117,6 +145,9 @@ void pc_runtime_free(PcRuntime *rt) {
                 free(x->gout);
                 free(x->gout_missing);
                 free(x->gin);
+                free(x->in_req);
+                free(x->g_req);
+                free(x->g_buf);
             }
         }
     }
@@ -129,6 +160,8 @@ void pc_runtime_free(PcRuntime *rt) {
             free(st->cons);
             free(st->n_cons);
             free(st->in);
+            free(st->in_meta);
+            free(st->out_meta);
         }
     }
     free(rt->st);
@@ -174,6 +207,24 @@ PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n
         }
         memcpy(r->in, stages[s].in, sizeof(PcStageInput) * (size_t)r->d.n_in);
         r->d.in = r->in;
+        if (stages[s].in_meta && r->d.n_in > 0) {
+            r->in_meta = malloc(sizeof(PcValueMeta) * (size_t)r->d.n_in);
+            if (!r->in_meta) {
+                st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+                goto fail;
+            }
+            memcpy(r->in_meta, stages[s].in_meta, sizeof(PcValueMeta) * (size_t)r->d.n_in);
+        }
+        if (stages[s].out_meta && r->d.n_out > 0) {
+            r->out_meta = malloc(sizeof(PcValueMeta) * (size_t)r->d.n_out);
+            if (!r->out_meta) {
+                st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+                goto fail;
+            }
+            memcpy(r->out_meta, stages[s].out_meta, sizeof(PcValueMeta) * (size_t)r->d.n_out);
+        }
+        r->d.in_meta = r->in_meta;
+        r->d.out_meta = r->out_meta;
     }
     /* consumers of each output */
     for (int s = 0; s < n_stages; s++) {
@@ -221,7 +272,9 @@ PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n
             x->out = calloc(no, sizeof(PcTensor *));
             x->gout = calloc(no, sizeof(PcTensor *));
             x->gout_missing = calloc(no, sizeof(int));
-            if (!x->in || !x->in_grad || !x->gin || !x->out || !x->gout || !x->gout_missing) {
+            x->in_req = calloc(ni, sizeof(void *));
+            if (!x->in || !x->in_grad || !x->gin || !x->out || !x->gout || !x->gout_missing ||
+                !x->in_req) {
                 st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
                 goto fail;
             }
@@ -236,6 +289,50 @@ fail:
     return st;
 }
 
+PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank) {
+    PC_CHECK(comm && rank >= 0 && rank < comm->world, PC_ERR_INVALID,
+             "runtime: rank %d is not in the communicator's world of %d", rank,
+             comm ? comm->world : 0);
+    PC_CHECK(comm->ops->recv_post && comm->ops->recv_wait && comm->ops->recv_drop,
+             PC_ERR_NOTIMPL, "runtime: the %s communicator cannot post receives",
+             comm->ops->name);
+    PC_CHECK(!rt->comm, PC_ERR_RUNTIME, "runtime: a communicator is already set");
+    for (int s = 0; s < rt->n_stages; s++) {
+        RtStage *st = &rt->st[s];
+        PC_CHECK(st->d.rank >= 0 && st->d.rank < comm->world, PC_ERR_INVALID,
+                 "runtime: stage %d runs on rank %d, outside the world of %d", s, st->d.rank,
+                 comm->world);
+        if (st->d.rank != rank) continue;
+        PC_CHECK(st->d.prog, PC_ERR_INVALID, "runtime: stage %d of rank %d has no Program", s,
+                 rank);
+        int n_redge = 0;
+        bool remote_out = false, remote_in = false;
+        for (int o = 0; o < st->d.n_out; o++)
+            for (int c = 0; c < st->n_cons[o]; c++)
+                if (rt->st[st->cons[o][c].stage].d.rank != rank) n_redge++;
+        remote_out = n_redge > 0;
+        for (int k = 0; k < st->d.n_in; k++)
+            if (st->in[k].src_stage >= 0 && rt->st[st->in[k].src_stage].d.rank != rank)
+                remote_in = true;
+        PC_CHECK(!(remote_out && !st->out_meta) && !(remote_in && !st->in_meta), PC_ERR_INVALID,
+                 "runtime: stage %d exchanges values with other ranks but has no metadata "
+                 "for them (shape inference did not run)", s);
+        st->n_redge = n_redge;
+        for (int m = 0; m < rt->n_mb && n_redge > 0; m++) {
+            MbState *x = MB(rt, s, m);
+            x->g_req = calloc((size_t)n_redge, sizeof(void *));
+            x->g_buf = calloc((size_t)n_redge, sizeof(PcTensor *));
+            if (!x->g_req || !x->g_buf) {
+                st->n_redge = 0; /* never index the partly allocated arrays */
+                return pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
+            }
+        }
+    }
+    rt->comm = comm;
+    rt->my_rank = rank;
+    return PC_OK;
+}
+
 PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *inputs,
                                bool training, bool record_timeline) {
     pc_runtime_end_step(rt);
@@ -245,7 +342,8 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
         pc_tensor_incref(inputs[i]);
         mi[i] = inputs[i];
     }
-    for (int s = 0; s < rt->n_stages; s++)
+    for (int s = 0; s < rt->n_stages; s++) {
+        if (is_foreign(rt, s)) continue;
         for (int k = 0; k < rt->st[s].d.n_in; k++)
             if (rt->st[s].in[k].src_stage < 0 && rt->st[s].in[k].src_idx >= n_model_in) {
                 free(mi);
@@ -253,6 +351,7 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
                                     "runtime: stage %d needs model input %d, but %d were given",
                                     s, rt->st[s].in[k].src_idx, n_model_in);
             }
+    }
     rt->model_in = mi;
     rt->n_model_in = n_model_in;
     rt->training = training;
@@ -260,6 +359,7 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
     rt->failed = false;
     rt->failed_rank = -1;
     rt->n_events = 0;
+    rt->step++;
     clock_gettime(CLOCK_MONOTONIC, &rt->t0);
     return PC_OK;
 }
@@ -378,6 +478,199 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, bool remote) {
     return status;
 }
 
+/* ---- transfers between processes (multi-process mode; one rank thread, no mutex needed
+ * for this rank's own stages except around counters that wait_for reads) ---- */
+
+/* Tag of a value: direction (0 forward, 1 gradient), step, consumer stage and input,
+ * microbatch. Bit 61 keeps runtime tags apart from user point-to-point tags. */
+static uint64_t xfer_tag(const PcRuntime *rt, int bwd, int stage, int input, int mb) {
+    return ((uint64_t)1 << 61) | ((uint64_t)bwd << 60) | ((uint64_t)(rt->step & 0xffu) << 52) |
+           ((uint64_t)(stage & 0xfff) << 40) | ((uint64_t)(input & 0xfff) << 28) |
+           (uint64_t)(mb & 0xfffffff);
+}
+
+static bool meta_wants_grad(const PcRuntime *rt, const PcValueMeta *m) {
+    return rt->training && m->requires_grad && pc_dtype_is_float(m->dtype);
+}
+
+/* `t` (what stage s produced as `what`) against its metadata: a tensor of another shape or
+ * dtype would not fit the peer's buffer. */
+static PcStatus check_meta(const PcTensor *t, const PcValueMeta *m, int s, int mb,
+                           const char *what) {
+    char a[160], b[160];
+    if (t->dtype != m->dtype)
+        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s: dtype mismatch: "
+                                            "expected %s (from shape inference), got %s",
+                            s, mb, what, pc_dtype_name(m->dtype), pc_dtype_name(t->dtype));
+    bool same = t->ndim == m->ndim;
+    for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == m->shape[d];
+    if (!same)
+        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s: shape mismatch: "
+                                            "expected %s (from shape inference), got %s",
+                            s, mb, what, pc_shape_str(m->ndim, m->shape, a, sizeof a),
+                            pc_shape_str(t->ndim, t->shape, b, sizeof b));
+    return PC_OK;
+}
+
+static PcStatus send_value(PcRuntime *rt, PcTensor *t, int peer, uint64_t tag) {
+    PcTensor *c;
+    PC_TRY(pc_op_contiguous(t, &c));
+    PcStatus st = rt->comm->ops->send(rt->comm, peer, tag, c);
+    pc_tensor_decref(c);
+    return st;
+}
+
+/* SEND_F: outputs of stage s to their consumers on other ranks. */
+static PcStatus send_forward(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    for (int o = 0; o < st->d.n_out; o++) {
+        for (int c = 0; c < st->n_cons[o]; c++) {
+            Consumer cn = st->cons[o][c];
+            if (!is_foreign(rt, cn.stage)) continue;
+            char what[48];
+            snprintf(what, sizeof what, "output %d", o);
+            PC_TRY(check_meta(x->out[o], &st->out_meta[o], s, m, what));
+            PC_TRY(send_value(rt, x->out[o], rt->st[cn.stage].d.rank,
+                              xfer_tag(rt, 0, cn.stage, cn.input, m)));
+        }
+    }
+    return PC_OK;
+}
+
+/* RECV_F (or the forward itself): post the receives of stage s's inputs from other ranks. */
+static PcStatus post_inputs(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    if (x->in_posted) return PC_OK;
+    x->in_posted = true;
+    for (int k = 0; k < st->d.n_in; k++) {
+        int src = st->in[k].src_stage;
+        if (src < 0 || !is_foreign(rt, src)) continue;
+        const PcValueMeta *mt = &st->in_meta[k];
+        PcTensor *buf;
+        PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, st->d.device, &buf));
+        PcStatus status = rt->comm->ops->recv_post(rt->comm, rt->st[src].d.rank,
+                                                   xfer_tag(rt, 0, s, k, m), buf,
+                                                   &x->in_req[k]);
+        if (status != PC_OK) {
+            pc_tensor_decref(buf);
+            return status;
+        }
+        x->in[k] = buf;
+    }
+    return PC_OK;
+}
+
+static PcStatus wait_inputs(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    PC_TRY(post_inputs(rt, s, m));
+    for (int k = 0; k < st->d.n_in; k++) {
+        if (!x->in_req[k]) continue;
+        void *req = x->in_req[k];
+        x->in_req[k] = NULL;
+        PC_TRY(rt->comm->ops->recv_wait(rt->comm, req));
+        pthread_mutex_lock(&rt->mu);
+        x->in_grad[k] = st->in_meta[k].requires_grad;
+        x->in_missing--;
+        pthread_mutex_unlock(&rt->mu);
+    }
+    return PC_OK;
+}
+
+/* SEND_B: input gradients of stage s to producers on other ranks. The producer expects one
+ * message per consumer input whose value requires grad: an input whose gradient is absent
+ * (not on the loss's path) sends zeros. */
+static PcStatus send_backward(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    for (int k = 0; k < st->d.n_in; k++) {
+        int src = st->in[k].src_stage;
+        if (src < 0 || !is_foreign(rt, src)) continue;
+        PcTensor *g = x->gin[k];
+        x->gin[k] = NULL;
+        const PcValueMeta *mt = &st->in_meta[k];
+        if (!meta_wants_grad(rt, mt)) {
+            pc_tensor_decref(g);
+            continue;
+        }
+        PcStatus status = PC_OK;
+        if (!g) status = pc_op_full(mt->ndim, mt->shape, 0.0, mt->dtype, st->d.device, &g);
+        char what[48];
+        snprintf(what, sizeof what, "gradient of input %d", k);
+        if (status == PC_OK) status = check_meta(g, mt, s, m, what);
+        if (status == PC_OK)
+            status = send_value(rt, g, rt->st[src].d.rank, xfer_tag(rt, 1, s, k, m));
+        pc_tensor_decref(g);
+        PC_TRY(status);
+    }
+    return PC_OK;
+}
+
+/* RECV_B (or the backward itself): post the receives of the gradients that consumers on
+ * other ranks send for stage s's outputs, one per consumer (edge e, in output order). */
+static PcStatus post_grads(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    if (x->g_posted) return PC_OK;
+    x->g_posted = true;
+    int e = 0;
+    for (int o = 0; o < st->d.n_out; o++) {
+        for (int c = 0; c < st->n_cons[o]; c++) {
+            Consumer cn = st->cons[o][c];
+            if (!is_foreign(rt, cn.stage)) continue;
+            const PcValueMeta *mt = &st->out_meta[o];
+            if (meta_wants_grad(rt, mt)) {
+                PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, st->d.device, &x->g_buf[e]));
+                PC_TRY(rt->comm->ops->recv_post(rt->comm, rt->st[cn.stage].d.rank,
+                                                xfer_tag(rt, 1, cn.stage, cn.input, m),
+                                                x->g_buf[e], &x->g_req[e]));
+            }
+            e++;
+        }
+    }
+    return PC_OK;
+}
+
+static PcStatus wait_grads(PcRuntime *rt, int s, int m) {
+    RtStage *st = &rt->st[s];
+    MbState *x = MB(rt, s, m);
+    PC_TRY(post_grads(rt, s, m));
+    int e = 0;
+    for (int o = 0; o < st->d.n_out; o++) {
+        for (int c = 0; c < st->n_cons[o]; c++) {
+            if (!is_foreign(rt, st->cons[o][c].stage)) continue;
+            int ei = e++;
+            PcTensor *g = x->g_buf[ei];
+            if (x->g_req[ei]) {
+                void *req = x->g_req[ei];
+                x->g_req[ei] = NULL;
+                PC_TRY(rt->comm->ops->recv_wait(rt->comm, req));
+            }
+            /* g is NULL when no gradient travels on this edge (it does not require grad) */
+            x->g_buf[ei] = NULL;
+            pthread_mutex_lock(&rt->mu);
+            PcStatus status = PC_OK;
+            if (g && x->gout[o]) {
+                PcTensor *sum;
+                status = pc_op_binary(PC_B_ADD, x->gout[o], g, 1.0, &sum);
+                if (status == PC_OK) {
+                    pc_tensor_decref(x->gout[o]);
+                    x->gout[o] = sum;
+                }
+                pc_tensor_decref(g);
+            } else if (g) {
+                x->gout[o] = g;
+            }
+            x->gout_missing[o]--;
+            pthread_mutex_unlock(&rt->mu);
+            PC_TRY(status);
+        }
+    }
+    return PC_OK;
+}
+
 /* ---- compute actions ---- */
 
 static PcStatus do_forward(PcRuntime *rt, int s, int m) {
@@ -387,6 +680,7 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     if (x->fwd_done)
         return pc_set_error(PC_ERR_RUNTIME, "schedule error: stage %d forward of microbatch %d "
                                             "ran twice", s, m);
+    if (rt->comm) PC_TRY(wait_inputs(rt, s, m));
     pthread_mutex_lock(&rt->mu);
     status = wait_for(rt, inputs_ready, s, m, "inputs");
     pthread_mutex_unlock(&rt->mu);
@@ -453,6 +747,7 @@ static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
         return pc_set_error(PC_ERR_RUNTIME, "schedule error: stage %d backward of microbatch %d "
                                             "ran twice", s, m);
     if (!st->is_last) {
+        if (rt->comm) PC_TRY(wait_grads(rt, s, m));
         pthread_mutex_lock(&rt->mu);
         status = wait_for(rt, grads_ready, s, m, "output gradients");
         pthread_mutex_unlock(&rt->mu);
@@ -545,6 +840,7 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
         if (!MB(rt, s, m)->fwd_done)
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_F of stage %d microbatch "
                                                 "%d before its forward", s, m);
+        if (rt->comm) return send_forward(rt, s, m);
         deliver_forward(rt, s, m, true);
         return PC_OK;
     case PC_ACT_RECV_F:
@@ -552,11 +848,13 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
         /* a receive is only posted here (as torch's runtime does); the action that uses the
          * data waits for it, so a receive for the next microbatch placed before the current
          * backward does not stall that backward */
-        return PC_OK;
+        if (!rt->comm) return PC_OK;
+        return type == PC_ACT_RECV_F ? post_inputs(rt, s, m) : post_grads(rt, s, m);
     case PC_ACT_SEND_B:
         if (!MB(rt, s, m)->bwd_done)
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_B of stage %d microbatch "
                                                 "%d before its backward", s, m);
+        if (rt->comm) return send_backward(rt, s, m);
         return deliver_backward(rt, s, m, true);
     default: break;
     }
@@ -656,6 +954,13 @@ PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action)
 
 PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs) {
     RtStage *st = &rt->st[rt->n_stages - 1];
+    *n_out = 0;
+    *outs = NULL;
+    PC_CHECK(mb >= 0 && mb < rt->n_mb, PC_ERR_INDEX, "microbatch %d out of range (%d)", mb,
+             rt->n_mb);
+    PC_CHECK(!is_foreign(rt, rt->n_stages - 1), PC_ERR_RUNTIME,
+             "the model outputs live on rank %d (the last stage's), not on rank %d",
+             st->d.rank, rt->my_rank);
     MbState *x = MB(rt, rt->n_stages - 1, mb);
     *n_out = st->d.n_out;
     *outs = x->out;
@@ -664,7 +969,10 @@ PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs)
     return PC_OK;
 }
 
-PcTensor *pc_runtime_loss(PcRuntime *rt, int mb) { return MB(rt, rt->n_stages - 1, mb)->loss; }
+PcTensor *pc_runtime_loss(PcRuntime *rt, int mb) {
+    if (mb < 0 || mb >= rt->n_mb || is_foreign(rt, rt->n_stages - 1)) return NULL;
+    return MB(rt, rt->n_stages - 1, mb)->loss;
+}
 
 int pc_runtime_timeline(const PcRuntime *rt, const PcTimelineEvent **events) {
     *events = rt->events;

@@ -1,11 +1,19 @@
 /* runtime.h — executes pipeline schedules: one rank's lowered action list at a time, with
  * the GIL released, over stage Programs.
  *
- * A PcRuntime holds every stage of a pipeline that this process runs (all of them for
- * LocalPipeline) and per-microbatch state. Ranks are driven by pc_runtime_run_rank, one
- * host thread per rank; they exchange activations and gradients through the runtime's
- * in-process mailboxes (send never blocks; receive waits with a deadline and gives up when
- * another rank failed).
+ * A PcRuntime describes every stage of a pipeline and holds per-microbatch state for the
+ * stages this process runs. Two modes:
+ *   in-process (LocalPipeline, or a schedule holding every stage): ranks are driven by
+ *     pc_runtime_run_rank, one host thread per rank; they exchange activations and gradients
+ *     through the runtime's mailboxes (send never blocks; the consumer waits with a deadline
+ *     and gives up when another rank failed);
+ *   multi-process (pc_runtime_set_comm): this process runs one rank; stages of other ranks
+ *     are descriptions without Programs, and values to or from them travel through a
+ *     communicator (TCP or NCCL). SEND_F / SEND_B send; RECV_F / RECV_B post receives
+ *     (NCCL enqueues them then, in the lowered order both sides share); the action that
+ *     uses the data waits for it. Buffers come from the metadata fixed by shape inference
+ *     (PcValueMeta); a value that does not match it is a "shape mismatch" / "dtype
+ *     mismatch" error. Messages are tagged with (direction, step, stage, input, microbatch).
  *
  * Data flow (general stage graphs, skip connections included): stage input k comes from a
  * model input or from output o of an earlier stage; an output may feed several later stages
@@ -25,6 +33,7 @@
 #ifndef PC_RUNTIME_RUNTIME_H
 #define PC_RUNTIME_RUNTIME_H
 
+#include "../comm/comm.h"
 #include "../graph/program.h"
 #include "../sched/action.h"
 
@@ -59,15 +68,27 @@ typedef struct PcStageInput {
     int src_idx;
 } PcStageInput;
 
+/* What travels between processes for one stage input or output: fixed at the first step
+ * (shape inference) and checked on every send. */
+typedef struct PcValueMeta {
+    PcDType dtype;
+    int ndim;
+    int64_t shape[PC_MAX_DIMS];
+    bool requires_grad;       /* a gradient travels back for it in training steps */
+} PcValueMeta;
+
 typedef struct PcRuntimeStageDesc {
     int rank;                 /* rank that runs this stage */
     PcDevice device;
-    const PcProgram *prog;    /* borrowed for the runtime's lifetime */
+    const PcProgram *prog;    /* borrowed for the runtime's lifetime; NULL for a stage of
+                                 another process (multi-process mode) */
     int n_ext;
     PcTensor *const *ext;     /* borrowed: parameters/buffers, in the Program's order */
     int n_in;
     const PcStageInput *in;   /* [n_in] */
     int n_out;
+    const PcValueMeta *in_meta;  /* [n_in] or NULL; copied. Needed in multi-process mode */
+    const PcValueMeta *out_meta; /* [n_out] or NULL; copied     for this process's stages */
 } PcRuntimeStageDesc;
 
 /* Build a runtime for n_stages stages and n_mb microbatches. The last stage's outputs are
@@ -75,6 +96,11 @@ typedef struct PcRuntimeStageDesc {
 PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n_mb,
                            const PcRuntimeCallbacks *cb, double timeout_s, PcRuntime **out);
 void pc_runtime_free(PcRuntime *rt);
+
+/* Multi-process mode: this process runs `rank` only and reaches the others through comm
+ * (borrowed; must outlive the runtime's use). Every stage of `rank` needs a Program, and
+ * in_meta/out_meta wherever it exchanges values with another rank. */
+PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank);
 
 /* Start a step: model inputs per microbatch (inputs[mb * n_model_in + i], borrowed);
  * training = run backward work (false for eval: B/I/W actions are skipped). Clears state. */
@@ -89,8 +115,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
  * inside a custom function. */
 PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action);
 
-/* Results after all ranks ran: last-stage outputs of mb (new references) and its loss
- * (new reference or NULL). */
+/* Results after all ranks ran: last-stage outputs of mb (borrowed) and its loss (borrowed
+ * or NULL). In multi-process mode only the last stage's rank has them. */
 PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs);
 PcTensor *pc_runtime_loss(PcRuntime *rt, int mb);
 /* Drop per-step state (activations, graphs, received buffers). */
