@@ -4,8 +4,9 @@
 stages (``Pipe``); ``PipelineStage`` and the seven schedule classes run them on the C runtime;
 ``LocalPipeline`` drives every rank of a pipeline from one process. ``schedules`` holds the
 C schedule generators (``schedule_ops``), the action IR, CSV, validation and simulation;
-``microbatch`` the input splitting. Multi-process pipelines (``pipec.distributed``) are not
-wired into the runtime yet."""
+``microbatch`` the input splitting. A schedule given only some of a pipeline's stages runs
+them as one rank of a multi-process job (``pipec.distributed``, launched by ``pipec.run``):
+activations and gradients travel over the process group's TCP or NCCL communicator."""
 
 from ._split import pipe_split, SplitPoint  # noqa: F401
 from ._IR import pipeline, Pipe, PipeInfo, annotate_split_points  # noqa: F401
@@ -22,6 +23,7 @@ from .stage import PipelineStage, build_stage  # noqa: F401,E402
 from ._runtime import *  # noqa: F401,F403,E402
 from ._runtime import __all__ as _rt_all  # noqa: E402
 from . import microbatch  # noqa: F401,E402
+from ._dist import PipeliningShapeError  # noqa: F401,E402
 
 __all__ = (["pipe_split", "SplitPoint", "pipeline", "Pipe", "PipeInfo", "PipelineStage",
-            "build_stage", "microbatch"] + list(_sched_all) + list(_rt_all))
+            "build_stage", "microbatch", "PipeliningShapeError"] + list(_sched_all) + list(_rt_all))

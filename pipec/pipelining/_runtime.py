@@ -24,6 +24,27 @@ Tensor = _C.Tensor
 
 # ---- the executor shared by schedules and LocalPipeline ----
 
+def _pipe_sources(pipe, n_stages):
+    """Per stage of a Pipe, where each input comes from: (-1, model input) or
+    (stage, output)."""
+    produced = {}
+    srcs_all = []
+    for i in range(n_stages):
+        in_slots, out_slots = pipe.stage_wiring(i)
+        srcs = []
+        for s in in_slots:
+            if s in produced:
+                srcs.append(produced[s])
+            elif s in pipe._input_slots:
+                srcs.append((-1, pipe._input_slots.index(s)))
+            else:
+                raise RuntimeError(f"stage {i} input slot {s} has no producer")
+        for o, s in enumerate(out_slots):
+            produced[s] = (i, o)
+        srcs_all.append(srcs)
+    return srcs_all
+
+
 class _Executor:
     """Runs a schedule over stages that all live in this process.
 
@@ -33,9 +54,7 @@ class _Executor:
     def __init__(self, stages, stage_to_rank, orders, n_microbatches, loss_fn, scale_grads,
                  timeout=300.0):
         self.stages = sorted(stages, key=lambda s: s.stage_index)
-        idx = [s.stage_index for s in self.stages]
-        if idx != list(range(len(idx))):
-            raise ValueError(f"the pipeline's stages must be 0..{len(idx) - 1}, got {idx}")
+        self._check_indices()
         self.stage_to_rank = stage_to_rank
         self.orders = orders
         self.n_microbatches = n_microbatches
@@ -49,30 +68,18 @@ class _Executor:
         self.schedule_ref = None
         self._arg_mbs = None
 
+    def _check_indices(self):
+        idx = [s.stage_index for s in self.stages]
+        if idx != list(range(len(idx))):
+            raise ValueError(f"the pipeline's stages must be 0..{len(idx) - 1}, got {idx}")
+
     # -- building the runtime on the first step (traces manual stages) --
 
     def _wiring(self, example_chunk):
         """(input sources per stage, number of model inputs, flattened model inputs)."""
         pipe_stage = self.stages[0]._pipe_wiring
         if pipe_stage is not None:
-            pipe = pipe_stage[0]
-            produced = {}
-            srcs_all = []
-            for st in self.stages:
-                in_slots, out_slots = pipe.stage_wiring(st.stage_index)
-                srcs = []
-                for s in in_slots:
-                    if s in produced:
-                        srcs.append(produced[s])
-                    elif s in pipe._input_slots:
-                        srcs.append((-1, pipe._input_slots.index(s)))
-                    else:
-                        raise RuntimeError(f"stage {st.stage_index} input slot {s} has no "
-                                           "producer")
-                for o, s in enumerate(out_slots):
-                    produced[s] = (st.stage_index, o)
-                srcs_all.append(srcs)
-            return srcs_all
+            return _pipe_sources(pipe_stage[0], len(self.stages))
         # manual stages form a chain: stage i's inputs are stage i-1's outputs in order
         srcs_all = []
         n_prev = None
@@ -137,6 +144,7 @@ class _Executor:
             leaves += ts
         if self._rt is None:
             self._build([a for a in arg_mbs[0] if isinstance(a, Tensor)])
+        self._check_inputs(arg_mbs)
         self._targets = target_mbs
         self._arg_mbs = arg_mbs
         # scale_grads divides only this step's gradients by n: the gradients accumulated by
@@ -146,31 +154,15 @@ class _Executor:
             self.n_microbatches > 1 else None
         self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         errors = {}
-
-        def worker(rank):
-            try:
-                self._rt.run_rank(rank, self.orders[rank])
-            except BaseException as e:  # reported after all threads stop
-                errors[rank] = e
-
-        ranks = sorted(self.orders)
-        if len(ranks) == 1:
-            worker(ranks[0])
-        else:
-            threads = [threading.Thread(target=worker, args=(r,), name=f"pipec-rank{r}")
-                       for r in ranks]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        self._drive(errors)
         try:
             if errors:
                 # the first failing rank's error is the cause; others were aborted
                 rank = min(errors, key=lambda r: (
                     "pipeline aborted" in str(errors[r]), r))
                 raise errors[rank]
-            outs = [self._rt.outputs(m) for m in range(self.n_microbatches)]
-            if losses is not None:
+            outs = self._collect_outputs()
+            if losses is not None and outs is not None:
                 losses.clear()
                 for m in range(self.n_microbatches):
                     losses.append(self._rt.loss(m))
@@ -193,6 +185,32 @@ class _Executor:
                     p.grad = prev
             self._rt.end_step()
             self._targets = None
+
+    def _check_inputs(self, arg_mbs):
+        pass  # in one process, microbatches may differ in shape
+
+    def _drive(self, errors):
+        """Run every rank's action list, one thread per rank; errors: rank -> exception."""
+        def worker(rank):
+            try:
+                self._rt.run_rank(rank, self.orders[rank])
+            except BaseException as e:  # reported after all threads stop
+                errors[rank] = e
+
+        ranks = sorted(self.orders)
+        if len(ranks) == 1:
+            worker(ranks[0])
+            return
+        threads = [threading.Thread(target=worker, args=(r,), name=f"pipec-rank{r}")
+                   for r in ranks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _collect_outputs(self):
+        """Last-stage outputs per microbatch (None where this process does not hold them)."""
+        return [self._rt.outputs(m) for m in range(self.n_microbatches)]
 
     def _hold_grads(self):
         """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
@@ -393,20 +411,56 @@ class _PipelineSchedule:
         else:
             raise ValueError(f"format must be 'compute_only' or 'compute_comms', got {format!r}")
 
+    def _is_distributed(self):
+        return len(self._stages) != self._num_stages
+
+    def _holds_last(self):
+        return any(s.is_last for s in self._stages)
+
     def _ensure_executor(self):
         if self._executor is None:
-            if len(self._stages) != self._num_stages:
-                raise NotImplementedError(
-                    f"{type(self).__name__}: this process holds {len(self._stages)} of "
-                    f"{self._num_stages} stages; multi-process pipelines need "
-                    "pipec.distributed (not available yet). Use LocalPipeline to run every "
-                    "rank in this process.")
             orders, mapping = self._lowered()
-            self._executor = _Executor(self._stages, mapping, orders, self._n_microbatches,
-                                       self._loss_fn, self.scale_grads)
+            if self._is_distributed():
+                self._executor = self._dist_executor(orders, mapping)
+            else:
+                self._executor = _Executor(self._stages, mapping, orders,
+                                           self._n_microbatches, self._loss_fn,
+                                           self.scale_grads)
             self._executor.custom_fns = dict(self._custom_fns)
             self._executor.schedule_ref = self
         return self._executor
+
+    def _dist_executor(self, orders, mapping):
+        """The executor of a pipeline spread over processes: this process runs one rank of
+        the stages' process group (pipec.distributed)."""
+        from .. import distributed as dist
+        from ._dist import _DistExecutor
+        if not dist.is_initialized():
+            raise RuntimeError(
+                f"{type(self).__name__}: this process holds {len(self._stages)} of "
+                f"{self._num_stages} stages, so the others run in other processes: call "
+                "pipec.distributed.init_process_group() first (or use LocalPipeline to run "
+                "every rank in this process)")
+        group = self._stages[0].group
+        ranks = group.ranks if group is not None else list(range(dist.get_world_size()))
+        if len(ranks) != self.pp_size:
+            raise ValueError(f"{type(self).__name__}: the schedule has {self.pp_size} ranks "
+                             f"but the stages' process group has {len(ranks)}")
+        me = dist.get_rank()
+        if me not in ranks:
+            raise ValueError(f"rank {me} is not in the stages' process group {ranks}")
+        pp_rank = ranks.index(me)
+        mine = sorted(s.stage_index for s in self._stages)
+        placed = sorted(s for s in range(self._num_stages) if mapping[s] == pp_rank)
+        if mine != placed:
+            raise ValueError(f"{type(self).__name__} places stages {placed} on rank {me}, "
+                             f"but this process holds stages {mine}")
+        fingerprint = {"schedule": type(self).__name__, "n_microbatches": self._n_microbatches,
+                       "num_stages": self._num_stages, "ranks": self.pp_size,
+                       "stage placement": list(mapping)}
+        return _DistExecutor(self._stages, self._num_stages, mapping, orders,
+                             self._n_microbatches, self._loss_fn, self.scale_grads, ranks,
+                             dist._default_comm(), fingerprint)
 
     def _run(self, args, kwargs, target, losses, return_outputs, training):
         if training and not is_grad_enabled():
@@ -414,10 +468,11 @@ class _PipelineSchedule:
                                "for inference)")
         if losses is not None and not isinstance(losses, list):
             raise TypeError(f"losses must be a list, got {type(losses).__name__}")
-        if self._loss_fn is not None and target is None:
+        if self._loss_fn is not None and target is None and self._holds_last():
             # the last stage computes loss_fn(output, target) after every forward, eval()
             # included (torch's contract: with a loss_fn the last stage must get a target)
-            raise RuntimeError("this schedule has a loss_fn: pass target= to step() and eval()")
+            raise RuntimeError("this schedule has a loss_fn: pass target= to step() and eval()"
+                               " on the rank that holds the last stage")
         if training and self._loss_fn is None:
             raise RuntimeError("training needs a loss_fn (give it to the schedule), or call "
                                "eval() for inference")
@@ -426,7 +481,7 @@ class _PipelineSchedule:
                                 self._kwargs_chunk_spec)
         target_mbs = _split_target(target, self._n_microbatches) if self._loss_fn else None
         outs = ex.run(arg_mbs, target_mbs, losses, training)
-        if not return_outputs:
+        if not return_outputs or outs is None:  # outputs live on the last stage's rank
             return None
         return _merge(outs, self._output_merge_spec)
 

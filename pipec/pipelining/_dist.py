@@ -1,0 +1,244 @@
+"""Multi-process pipelines: a schedule whose stages live in several processes.
+
+Each process (one rank of ``pipec.distributed``'s process group, or of the stages' group)
+holds the stages the schedule places on it and runs its own lowered action list in C; the
+runtime moves activations and gradients to the other ranks through the group's
+communicator (TCP between CPU processes, NCCL between GPUs).
+
+The first step prepares the runtime on every rank, in this order:
+  1. the ranks compare what each will run (schedule, microbatches, stages, placement, the
+     lowered orders), so that a mismatch is an error naming the rank, not a hang;
+  2. shape inference: stages are visited in order; each rank runs its stages forward once on
+     the first microbatch (inputs from other ranks are zeros of the announced shape), with
+     autograd on so that ``requires_grad`` of every value is known, and announces its
+     outputs' (dtype, shape, requires_grad) to the ranks that consume them. Manual stages are
+     traced into Programs here;
+  3. the C runtime gets every stage's wiring and, for its own stages, the metadata of what
+     crosses ranks; values that do not match it later are "shape mismatch" / "dtype
+     mismatch" errors (:class:`PipeliningShapeError` for model inputs, checked here).
+As in torch, every microbatch must have the shapes of the first one.
+"""
+
+import hashlib
+import pickle
+
+from .. import _C
+from ..autograd import enable_grad
+from ._runtime import _Executor, _pipe_sources
+
+Tensor = _C.Tensor
+
+# Tags at or above 2**61 belong to the pipeline runtime (csrc/runtime/runtime.c uses bit 61
+# with a direction, step, stage, input and microbatch); these two families sit where that
+# encoding cannot reach in practice (stage and input numbers of 4095).
+_TAG_BASE = (1 << 61) | (1 << 60) | (0xFF << 52) | (0xFFF << 40) | (0xFFF << 28)
+_FP_TAG = _TAG_BASE | (1 << 27)
+
+
+def _meta_tag(stage):
+    return _TAG_BASE | stage
+
+
+class PipeliningShapeError(RuntimeError):
+    """A stage input or output whose shape or dtype differs from what shape inference fixed
+    at the first step (message: "shape mismatch" or "dtype mismatch")."""
+
+
+def _meta_of(t):
+    """(dtype name, shape, requires_grad) of a tensor: what crosses ranks."""
+    return (str(t.dtype).rsplit(".", 1)[-1], tuple(t.shape), bool(t.requires_grad))
+
+
+def _dtype(name):
+    import pipec
+    return getattr(pipec, name)
+
+
+def _check_value(t, meta, what):
+    name, shape, _ = meta
+    got = str(t.dtype).rsplit(".", 1)[-1]
+    if got != name:
+        raise PipeliningShapeError(f"{what}: dtype mismatch: expected {name} (from shape "
+                                   f"inference at the first step), got {got}")
+    if tuple(t.shape) != tuple(shape):
+        raise PipeliningShapeError(f"{what}: shape mismatch: expected {tuple(shape)} (from "
+                                   f"shape inference at the first step), got {tuple(t.shape)}")
+
+
+class _DistExecutor(_Executor):
+    """Runs this process's rank of a schedule whose stages span processes.
+
+    stages: this rank's PipelineStage objects; stage_to_rank: pipeline rank of every stage;
+    orders: lowered action lists of every pipeline rank; ranks: global rank of each
+    pipeline rank; comm: the group's ``_C.Comm``; fingerprint: what every rank must agree on."""
+
+    def __init__(self, stages, num_stages, stage_to_rank, orders, n_microbatches, loss_fn,
+                 scale_grads, ranks, comm, fingerprint):
+        self.num_stages = num_stages
+        self.ranks = list(ranks)
+        self.comm = comm
+        self.my_global = comm.rank
+        self.my_pp = self.ranks.index(self.my_global)
+        self.local = {s.stage_index: s for s in stages}
+        self.fingerprint = dict(fingerprint)
+        super().__init__(stages, stage_to_rank, orders, n_microbatches, loss_fn, scale_grads,
+                         timeout=comm.timeout)
+        self._model_in_meta = {}   # model input index -> meta (for the local stages)
+
+    def _check_indices(self):
+        pass  # only this rank's stages are here
+
+    @property
+    def holds_last(self):
+        return self.num_stages - 1 in self.local
+
+    def _peer(self, stage):
+        return self.ranks[self.stage_to_rank[stage]]
+
+    # -- step 1: every rank runs the same pipeline --
+
+    def _exchange_fingerprints(self):
+        mine = dict(self.fingerprint)
+        mine["orders"] = hashlib.sha256(repr(sorted(self.orders.items())).encode()).hexdigest()
+        data = pickle.dumps(mine)
+        # pairwise, lower rank first: safe on transports that match in posting order
+        for peer in self.ranks:
+            if peer == self.my_global:
+                continue
+            if self.my_global < peer:
+                self.comm.send_bytes(data, peer, _FP_TAG)
+                theirs = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
+            else:
+                theirs = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
+                self.comm.send_bytes(data, peer, _FP_TAG)
+            for key in mine:
+                if theirs.get(key) != mine[key]:
+                    detail = "" if key == "orders" else f": {theirs.get(key)!r} there, " \
+                                                        f"{mine[key]!r} here"
+                    raise _C.PipelineError(
+                        f"rank {peer} runs a different pipeline than rank {self.my_global}: "
+                        f"the {key} differ{detail}")
+
+    # -- step 2: shape inference; step 3: the C runtime --
+
+    def _build(self, first_chunk):
+        self._exchange_fingerprints()
+        n = self.num_stages
+        any_stage = next(iter(self.local.values()))
+        pipe_srcs = None
+        if any_stage._pipe_wiring is not None:
+            pipe_srcs = _pipe_sources(any_stage._pipe_wiring[0], n)
+        meta_out, vals_out, in_metas = {}, {}, {}
+
+        def outputs_meta(ps):
+            if ps not in meta_out:  # announced by the producer's rank
+                meta_out[ps] = pickle.loads(self.comm.recv_bytes(self._peer(ps),
+                                                                 _meta_tag(ps)))
+            return meta_out[ps]
+
+        def sources(s):
+            if pipe_srcs is not None:
+                return pipe_srcs[s]
+            if s == 0:
+                return [(-1, k) for k in range(len(first_chunk))]
+            return [(s - 1, k) for k in range(len(outputs_meta(s - 1)))]
+
+        def consumers(s):
+            if pipe_srcs is not None:
+                return [c for c in range(s + 1, n) if any(p == s for p, _ in pipe_srcs[c])]
+            return [s + 1] if s + 1 < n else []
+
+        for s in range(n):
+            st = self.local.get(s)
+            if st is None:
+                continue
+            dev = str(st.device)
+            vals, metas = [], []
+            for ps, pi in sources(s):
+                if ps < 0:
+                    if pi >= len(first_chunk):
+                        raise ValueError(
+                            f"stage {s} takes the model's input {pi}: pass the inputs to "
+                            f"step()/eval() on rank {self.my_global}")
+                    v = first_chunk[pi].to(dev)
+                    m = _meta_of(v)
+                    m = (m[0], m[1], False)
+                    self._model_in_meta[pi] = m
+                elif ps in self.local:
+                    v = vals_out[ps][pi]
+                    m = meta_out[ps][pi]
+                else:
+                    m = outputs_meta(ps)[pi]
+                    import pipec
+                    v = pipec.zeros(m[1], dtype=_dtype(m[0]), device=dev)
+                    if m[2]:
+                        v.requires_grad_(True)
+                vals.append(v)
+                metas.append(m)
+            if st._program is None:
+                st._ensure_program(vals)
+            with enable_grad():
+                outs = list(st._program.run(vals, st._externals()))
+            meta_out[s] = [_meta_of(o) for o in outs]
+            vals_out[s] = []
+            for o in outs:
+                d = o.detach()
+                if o.requires_grad:
+                    d.requires_grad_(True)
+                vals_out[s].append(d)
+            in_metas[s] = metas
+            data = pickle.dumps(meta_out[s])
+            for peer in sorted({self._peer(c) for c in consumers(s)} - {self.my_global}):
+                self.comm.send_bytes(data, peer, _meta_tag(s))
+        del vals_out
+
+        desc = []
+        dw = {}
+        for s in range(n):
+            st = self.local.get(s)
+            rank = self._peer(s)
+            if st is None:
+                # another rank's stage: only its wiring (what this rank can know of it)
+                if pipe_srcs is not None:
+                    srcs = pipe_srcs[s]
+                    n_out = len(any_stage._pipe_wiring[0].stage_wiring(s)[1])
+                else:
+                    srcs = [(s - 1, k) for k in range(len(meta_out.get(s - 1, ())))] \
+                        if s > 0 else []
+                    n_out = len(meta_out.get(s, ()))
+                desc.append((rank, "cpu", None, [], srcs, n_out))
+                continue
+            prog = st._program
+            meta = lambda ms: [(_dtype(a), tuple(b), bool(c)) for a, b, c in ms]  # noqa: E731
+            desc.append((rank, str(st.device), prog, list(st._externals()),
+                         [tuple(x) for x in sources(s)], len(prog.output_slots),
+                         meta(in_metas[s]), meta(meta_out[s])))
+            if st.dw_builder is not None:
+                dw[s] = (lambda b=st.dw_builder: (lambda mb: b()()))()
+        self._rt = _C.Runtime(desc, self.n_microbatches,
+                              self._loss if self.loss_fn is not None else None, dw or None,
+                              self.timeout, self._custom if self.custom_fns else None,
+                              list(self.custom_fns) or None)
+        self._rt.set_comm(self.comm, self.my_global)
+
+    # -- each step --
+
+    def _check_inputs(self, arg_mbs):
+        for m, chunk in enumerate(arg_mbs):
+            ts = [a for a in chunk if isinstance(a, Tensor)]
+            for i, meta in self._model_in_meta.items():
+                if i >= len(ts):
+                    raise ValueError(f"microbatch {m} has {len(ts)} tensor inputs; stage "
+                                     f"inputs need {i + 1}")
+                _check_value(ts[i], meta, f"microbatch {m} input {i}")
+
+    def _drive(self, errors):
+        try:
+            self._rt.run_rank(self.my_global, self.orders[self.my_pp])
+        except BaseException as e:
+            errors[self.my_global] = e
+
+    def _collect_outputs(self):
+        if not self.holds_last:
+            return None
+        return [self._rt.outputs(m) for m in range(self.n_microbatches)]
