@@ -165,6 +165,300 @@ def pipe_chunk(x, n):
     return pipec.tensor_split(x, n, 0)[0]
 
 
+def case_kwargs(schedule, n):
+    """torch's test_kwargs_with_tracer: ModelWithKwargs split over the world, the first
+    stage's rank passes step(x, y=y)."""
+    import pipec
+    import test_schedules as ts
+    from pipec.pipelining import pipeline
+    rank, world = _setup()
+    n = int(n)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    model = ts.new_model_with_kwargs(n_stages, "cpu")
+    ref = copy.deepcopy(model)
+    batch = 2 * n
+    rng = np.random.default_rng(5)
+    x = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
+    y = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
+    t = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
+    pipe = pipeline(model, mb_args=(pipe_chunk(x, n),), mb_kwargs={"y": pipe_chunk(y, n)})
+    stages = [pipe.build_stage(s, "cpu") for s in mine]
+    cls = ts.CLASSES[schedule]
+    sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
+                scale_grads=False)
+    ref_out, ref_losses = ts.ref_step(ref, [x], t, n, ts.mse_sum, kwargs={"y": y})
+    losses = []
+    kw = {"y": y} if rank == mapping[0] else {}
+    if rank == mapping[-1]:
+        kw.update(target=t, losses=losses)
+    out = sched.step(*((x,) if rank == mapping[0] else ()), **kw)
+    if rank == mapping[-1]:
+        ts.assert_close(out, ref_out, "kwargs: output")
+        ts.assert_losses(losses, ref_losses, "kwargs")
+    _check_local_grads([(pipe.get_stage_module(s), "") for s in mine], ref, 1.0, "kwargs")
+    print(f"OK kwargs {schedule} rank {rank}", flush=True)
+
+
+def case_custom_dw(schedule, n):
+    """torch's test_schedule_with_weight_update_mlp_e2e: MultiMLPWithDw, manual stages with
+    a dw_builder each; the dW runner runs once per microbatch and local stage."""
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage
+    rank, world = _setup()
+    n = int(n)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    model = ts.new_multimlp_with_dw(n_stages, "cpu")
+    ref = copy.deepcopy(model)
+    model.toggle()
+    calls = {s: 0 for s in mine}
+
+    def builder(i):
+        def runner():
+            calls[i] += 1
+            model.layers[i].compute_dW()
+        return lambda: runner
+
+    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu", dw_builder=builder(s))
+              for s in mine]
+    cls = ts.CLASSES[schedule]
+    sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_mean)
+    _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, ts.mse_mean, n, 2, 2 * n,
+               ts.D_HID, "float", [(model.layers[s], f"layers.{s}.") for s in mine], 1.0 / n,
+               f"dW {schedule}")
+    assert calls == {s: 2 * n for s in mine}, calls
+    print(f"OK dw {schedule} rank {rank}", flush=True)
+
+
+def case_eval(schedule, n):
+    """torch's test_eval_inference_mode and test_return_output: eval under no_grad leaves no
+    gradient and fills the last rank's losses; then training steps with
+    return_outputs=False return None everywhere and still train correctly."""
+    import pipec
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage
+    rank, world = _setup()
+    n = int(n)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    model = ts.new_multimlp(n_stages)
+    ref = copy.deepcopy(model)
+    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    cls = ts.CLASSES[schedule]
+    sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
+                scale_grads=False)
+    x, t = _data(0, 2 * n, ts.D_HID, "float", ts.D_HID)
+    for _ in range(2):
+        losses = []
+        kw = {"target": t, "losses": losses} if rank == mapping[-1] else {}
+        with pipec.no_grad():
+            out = sched.eval(*((x,) if rank == mapping[0] else ()), **kw)
+        if rank == mapping[-1]:
+            with pipec.no_grad():
+                ref_out = ref(x)
+            ts.assert_close(out, ref_out, "eval output")
+            assert len(losses) == n, losses
+        else:
+            assert out is None
+    for mod in stages:
+        for name, p in mod.submod.named_parameters():
+            assert p.grad is None, f"eval left a gradient on {name}"
+    _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, ts.mse_sum, n, 2, 2 * n,
+               ts.D_HID, "float", [(model.layers[s], f"layers.{s}.") for s in mine], 1.0,
+               f"eval-then-train {schedule}", return_outputs=False)
+    print(f"OK eval {schedule} rank {rank}", flush=True)
+
+
+def case_multi_iter(schedule, n, iters):
+    """torch's test_multi_iter: many steps in a row (tags carry the step; nothing leaks
+    from one step into the next)."""
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage
+    rank, world = _setup()
+    n, iters = int(n), int(iters)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    model = ts.new_multimlp(n_stages)
+    ref = copy.deepcopy(model)
+    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    cls = ts.CLASSES[schedule]
+    sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
+                scale_grads=False)
+    _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, ts.mse_sum, n, iters, 2 * n,
+               ts.D_HID, "float", [(model.layers[s], f"layers.{s}.") for s in mine], 1.0,
+               f"multi-iter {schedule}")
+    print(f"OK multi-iter {schedule} rank {rank}", flush=True)
+
+
+def _custom_classes():
+    from pipec.pipelining._runtime import PipelineScheduleMulti
+    from pipec.pipelining.schedules import schedule_ops
+
+    class ScheduleVShaped(PipelineScheduleMulti):
+        """4 stages on 2 ranks: rank 0 holds the first and the last."""
+
+        def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
+            super().__init__(stages, n_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
+            m = range(n_microbatches)
+            self.pipeline_order = {
+                0: [f"0F{i}" for i in m] + [f"3F{i}" for i in m] + [f"3B{i}" for i in m] +
+                   [f"0B{i}" for i in m],
+                1: [f"1F{i}" for i in m] + [f"2F{i}" for i in m] + [f"2B{i}" for i in m] +
+                   [f"1B{i}" for i in m]}
+
+    class ScheduleUnbalanced(PipelineScheduleMulti):
+        """5 stages on 2 ranks: rank 0 holds 0, 3 and 4, rank 1 holds 1 and 2."""
+
+        def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
+            super().__init__(stages, n_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
+            m = range(n_microbatches)
+            self.pipeline_order = {
+                0: [f"0F{i}" for i in m] + [f"3F{i}" for i in m] + [f"4F{i}" for i in m] +
+                   [f"4B{i}" for i in m] + [f"3B{i}" for i in m] + [f"0B{i}" for i in m],
+                1: [f"1F{i}" for i in m] + [f"2F{i}" for i in m] + [f"2B{i}" for i in m] +
+                   [f"1B{i}" for i in m]}
+
+    class DualPipeVOrder(PipelineScheduleMulti):
+        def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
+            super().__init__(stages, n_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
+            self.pipeline_order = dict(enumerate(schedule_ops("DualPipeV", 2, n_microbatches)))
+
+    return {"VShaped": (ScheduleVShaped, {0: [0, 3], 1: [1, 2]}),
+            "Unbalanced": (ScheduleUnbalanced, {0: [0, 3, 4], 1: [1, 2]}),
+            "DualPipeVCustomFns": (DualPipeVOrder, {0: [0, 3], 1: [1, 2]})}
+
+
+def case_custom_schedule(name, n):
+    """torch's CustomSchedulesTest (non-symmetric stage placement, rank 0 holding the first
+    and the last stage) and test_custom_function_callback (F and OVERLAP_F_B re-implemented
+    by custom functions delegating to the built-ins)."""
+    import re
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage
+    rank, world = _setup()
+    assert world == 2
+    n = int(n)
+    cls, placement = _custom_classes()[name]
+    mine = placement[rank]
+    n_stages = sum(len(v) for v in placement.values())
+    model = ts.new_multimlp(n_stages)
+    ref = copy.deepcopy(model)
+    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    sched = cls(stages, n, loss_fn=ts.mse_sum, scale_grads=False)
+    seen = {"F": 0, "OVERLAP_F_B": 0}
+    if name == "DualPipeVCustomFns":
+        def on_forward(action, ctx):
+            assert action.stage_index in mine, action
+            seen["F"] += 1
+            ctx.run_builtin(action)
+
+        def on_overlap(action, ctx):
+            seen["OVERLAP_F_B"] += 1
+            for sub in action.sub_actions:
+                ctx.run_builtin(sub)
+        sched.register_custom_function("F", on_forward)
+        sched.register_custom_function("OVERLAP_F_B", on_overlap)
+    _run_steps(sched, rank, {0}, {0}, ref, ts.mse_sum, n, 2, 2 * n, ts.D_HID, "float",
+               [(model.layers[s], f"layers.{s}.") for s in mine], 1.0, f"custom {name}")
+    if name == "DualPipeVCustomFns":
+        plain_f = sum(1 for a in sched.pipeline_order[rank] if a and re.fullmatch(r"\d+F\d+",
+                                                                                  str(a)))
+        assert seen["F"] == 2 * plain_f > 0 and seen["OVERLAP_F_B"] > 0, seen
+    print(f"OK custom {name} rank {rank}", flush=True)
+
+
+def case_shape_mismatch():
+    """torch's StageNegativeTest.test_shape_prop_mismatch: after a good step, rank 0 feeds
+    an input with one more row ("shape mismatch") and one of another dtype ("dtype
+    mismatch"); both are refused before anything is sent, so a good step still follows."""
+    import pipec
+    import pipec.distributed as dist
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, PipeliningShapeError, ScheduleGPipe
+    rank, world = _setup()
+    n = 2
+    model = ts.new_multimlp(world)
+    ref = copy.deepcopy(model)
+    stage = PipelineStage(model.layers[rank], rank, world, "cpu")
+    sched = ScheduleGPipe(stage, n, loss_fn=ts.mse_sum, scale_grads=False)
+    modules = [(model.layers[rank], f"layers.{rank}.")]
+    _run_steps(sched, rank, {0}, {world - 1}, ref, ts.mse_sum, n, 1, 2 * n, ts.D_HID, "float",
+               modules, 1.0, "before mismatch")
+    if rank == 0:
+        x, _ = _data(0, 2 * n + 2, ts.D_HID, "float", ts.D_HID)
+        for bad, words in ((x, "shape mismatch"), (x[:2 * n].to(pipec.float64),
+                                                    "dtype mismatch")):
+            try:
+                sched.step(bad)
+            except PipeliningShapeError as e:
+                assert words in str(e), str(e)
+            else:
+                raise AssertionError(f"no {words} error")
+    dist.barrier()
+    _run_steps(sched, rank, {0}, {world - 1}, ref, ts.mse_sum, n, 1, 2 * n, ts.D_HID, "float",
+               modules, 1.0, "after mismatch")
+    print(f"OK mismatch rank {rank}", flush=True)
+
+
+def case_rank_fails(mode):
+    """Rank 1 fails in its second step (its loss_fn raises, or the process is killed); rank
+    0, waiting for its gradients, must raise PipelineError naming rank 1 within the timeout,
+    never hang."""
+    import signal
+    import pipec
+    import pipec.distributed as dist
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B
+    dist.init_process_group("tcp", timeout=8)
+    rank = dist.get_rank()
+    model = ts.new_multimlp(2)
+    stage = PipelineStage(model.layers[rank], rank, 2, "cpu")
+    count = [0]
+
+    def loss_fn(out, target):
+        count[0] += 1
+        if count[0] > 4:
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("loss_fn failed on purpose")
+        return ts.mse_sum(out, target)
+
+    sched = Schedule1F1B(stage, 4, loss_fn=loss_fn)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    t0 = time.monotonic()
+    for step in range(2):
+        try:
+            sched.step(*((x,) if rank == 0 else ()), **({"target": t} if rank == 1 else {}))
+        except pipec.PipelineError as e:
+            print(f"rank {rank} PipelineError after {time.monotonic() - t0:.1f}s: {e}",
+                  flush=True)
+            sys.exit(3)
+    print(f"rank {rank} finished", flush=True)
+
+
+def case_disagree(what):
+    """Ranks that build different pipelines (schedule class or microbatch count) get an
+    error naming the other rank at the first step, not a hang."""
+    import pipec
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    rank, world = _setup()
+    model = ts.new_multimlp(world)
+    stage = PipelineStage(model.layers[rank], rank, world, "cpu")
+    cls = ScheduleGPipe if (what == "schedule" and rank == 1) else Schedule1F1B
+    n = 8 if (what == "n_microbatches" and rank == 1) else 4
+    sched = cls(stage, n, loss_fn=ts.mse_sum)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    try:
+        sched.step(*((x,) if rank == 0 else ()),
+                   **({"target": t} if rank == world - 1 else {}))
+    except pipec.PipelineError as e:
+        print(f"rank {rank} refused: {e}", flush=True)
+        return
+    raise AssertionError("ranks with different pipelines ran a step")
+
+
 # ---- tests ----
 
 def _numerics_configs():
@@ -188,3 +482,92 @@ def test_schedule_numerics_multiprocess(schedule, world, n, frontend, loss):
 if __name__ == "__main__":
     case = sys.argv[1]
     globals()[case](*sys.argv[2:])
+
+
+@pytest.mark.parametrize("schedule,world", [("GPipe", 2), ("1F1B", 2), ("1F1B", 4),
+                                            ("Interleaved1F1B", 2), ("ZBVZeroBubble", 2)])
+def test_kwargs_with_tracer(schedule, world):
+    res, _ = _launch(world, "case_kwargs", schedule, 4)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule,world", [("InterleavedZeroBubble", 2), ("ZBVZeroBubble", 2),
+                                            ("1F1B", 2), ("InterleavedZeroBubble", 4)])
+def test_custom_dw(schedule, world):
+    res, _ = _launch(world, "case_custom_dw", schedule, 4 if world == 2 else 8)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule", ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS",
+                                      "InterleavedZeroBubble"])
+def test_eval_inference_and_return_outputs(schedule):
+    res, _ = _launch(2, "case_eval", schedule, 4)
+    _assert_ok(res, 2)
+
+
+@pytest.mark.parametrize("schedule", ["GPipe", "1F1B"])
+def test_multi_iter(schedule):
+    res, _ = _launch(2, "case_multi_iter", schedule, 4, 20)
+    _assert_ok(res, 2)
+
+
+@pytest.mark.parametrize("name", ["VShaped", "Unbalanced", "DualPipeVCustomFns"])
+def test_custom_schedules(name):
+    res, _ = _launch(2, "case_custom_schedule", name, 2 if name != "DualPipeVCustomFns" else 4)
+    _assert_ok(res, 2)
+
+
+def test_shape_and_dtype_mismatch():
+    res, _ = _launch(2, "case_shape_mismatch")
+    _assert_ok(res, 2)
+
+
+def _spawn(world, case, *args, timeout=60):
+    """Start the ranks of `case` directly (no launcher: every rank's own exit is seen)."""
+    import socket
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    procs = []
+    for r in range(world):
+        env = _env()
+        env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, HERE, case, *map(str, args)], cwd=ROOT,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    t0 = time.monotonic()
+    out = []
+    try:
+        for p in procs:
+            so, se = p.communicate(timeout=timeout)
+            out.append((p.returncode, so, se))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_failing_rank_is_named_not_a_hang(mode):
+    out, secs = _spawn(2, "case_rank_fails", mode)
+    rc0, so0, se0 = out[0]
+    assert rc0 == 3, so0 + se0
+    assert "PipelineError" in so0 and "rank 1" in so0, so0 + se0
+    assert secs < 30, secs  # well within the 8 s timeout plus start-up, never a hang
+    rc1, so1, se1 = out[1]
+    assert rc1 != 0
+    if mode == "raise":
+        assert "loss_fn failed on purpose" in se1, se1
+
+
+@pytest.mark.parametrize("what", ["schedule", "n_microbatches"])
+def test_ranks_that_disagree_are_refused(what):
+    res, _ = _launch(2, "case_disagree", what)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r, other in ((0, 1), (1, 0)):
+        line = [ln for ln in res.stdout.splitlines() if ln.startswith(f"[rank{r}]: rank {r} refused")]
+        assert line, res.stdout + res.stderr
+        assert f"rank {other} runs a different pipeline" in line[0], line[0]

@@ -117,7 +117,7 @@ class _DistExecutor(_Executor):
                                                         f"{mine[key]!r} here"
                     raise _C.PipelineError(
                         f"rank {peer} runs a different pipeline than rank {self.my_global}: "
-                        f"the {key} differ{detail}")
+                        f"the {key} differs{detail}")
 
     # -- step 2: shape inference; step 3: the C runtime --
 

@@ -306,7 +306,8 @@ class _PipelineSchedule:
         self.pp_size = pp_size
         self._num_stages = num_stages
         self.stages_per_rank = num_stages // pp_size
-        if num_stages != pp_size * self.stages_per_rank:
+        if num_stages != pp_size * self.stages_per_rank and type(self)._name is not None:
+            # (a custom schedule may place stages unevenly; its order says where)
             raise ValueError(f"{num_stages} stages cannot be spread evenly over {pp_size} ranks")
         # the compute order and its lowering (raise ValueError for invalid configurations)
         self._custom_fns = {}
