@@ -38,8 +38,9 @@ SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBu
 
 # ---- test side ----
 
-def _env():
+def _env(backend="tcp"):
     env = dict(os.environ)
+    env["PIPEC_TEST_BACKEND"] = backend
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
               "MASTER_PORT"):
@@ -47,12 +48,12 @@ def _env():
     return env
 
 
-def _launch(nproc, case, *args, timeout=120):
+def _launch(nproc, case, *args, timeout=120, backend="tcp"):
     cmd = [sys.executable, "-m", "pipec.run", "--nproc-per-node", str(nproc), "--stop-timeout",
            "2", HERE, case, *map(str, args)]
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                         env=_env())
+                         env=_env(backend))
     return res, time.monotonic() - t0
 
 
@@ -65,9 +66,20 @@ def _assert_ok(res, nproc, ranks=None):
 
 # ---- worker side ----
 
-def _setup():
+DEV = "cpu"  # this rank's device: cpu (tcp backend) or cuda:<local rank> (nccl)
+
+
+def _setup(timeout=60):
+    """Join the job: PIPEC_TEST_BACKEND=tcp (CPU processes, the default) or nccl (one GPU
+    per rank)."""
+    global DEV
+    import pipec
     import pipec.distributed as dist
-    dist.init_process_group("tcp", timeout=60)
+    backend = os.environ.get("PIPEC_TEST_BACKEND", "tcp")
+    if backend == "nccl":
+        DEV = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        pipec.cuda.set_device(int(DEV.split(":")[1]))
+    dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -88,7 +100,7 @@ def _data(step, batch, d, target_kind, n_classes):
         t = pipec.tensor(rng.integers(0, n_classes, size=batch), dtype=pipec.int64)
     else:
         t = pipec.tensor(rng.standard_normal((batch, d)).astype(np.float32))
-    return x, t
+    return x.to(DEV), t.to(DEV)
 
 
 def _check_local_grads(modules, ref_model, scale, what):
@@ -140,16 +152,16 @@ def case_numerics(schedule, n, frontend, loss_name, steps="2"):
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
     loss_fn, scale_grads, tkind = ts.LOSSES[loss_name]
-    model = ts.new_multimlp(n_stages)
+    model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
     batch = 2 * n
     if frontend == "tracer":
         x0, _ = _data(0, batch, ts.D_HID, tkind, ts.D_HID)
         pipe = ts.trace(model, (pipe_chunk(x0, n),))
-        stages = [pipe.build_stage(s, "cpu") for s in mine]
+        stages = [pipe.build_stage(s, DEV) for s in mine]
         modules = [(pipe.get_stage_module(s), "") for s in mine]
     else:
-        stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+        stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
         modules = [(model.layers[s], f"layers.{s}.") for s in mine]
     cls = ts.CLASSES[schedule]
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=loss_fn,
@@ -175,15 +187,14 @@ def case_kwargs(schedule, n):
     n = int(n)
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
-    model = ts.new_model_with_kwargs(n_stages, "cpu")
+    model = ts.new_model_with_kwargs(n_stages, DEV)
     ref = copy.deepcopy(model)
     batch = 2 * n
     rng = np.random.default_rng(5)
-    x = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
-    y = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
-    t = pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32))
+    x, y, t = (pipec.tensor(rng.standard_normal((batch, ts.D_HID)).astype(np.float32)).to(DEV)
+               for _ in range(3))
     pipe = pipeline(model, mb_args=(pipe_chunk(x, n),), mb_kwargs={"y": pipe_chunk(y, n)})
-    stages = [pipe.build_stage(s, "cpu") for s in mine]
+    stages = [pipe.build_stage(s, DEV) for s in mine]
     cls = ts.CLASSES[schedule]
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
                 scale_grads=False)
@@ -209,7 +220,7 @@ def case_custom_dw(schedule, n):
     n = int(n)
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
-    model = ts.new_multimlp_with_dw(n_stages, "cpu")
+    model = ts.new_multimlp_with_dw(n_stages, DEV)
     ref = copy.deepcopy(model)
     model.toggle()
     calls = {s: 0 for s in mine}
@@ -220,7 +231,7 @@ def case_custom_dw(schedule, n):
             model.layers[i].compute_dW()
         return lambda: runner
 
-    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu", dw_builder=builder(s))
+    stages = [PipelineStage(model.layers[s], s, n_stages, DEV, dw_builder=builder(s))
               for s in mine]
     cls = ts.CLASSES[schedule]
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_mean)
@@ -242,9 +253,9 @@ def case_eval(schedule, n):
     n = int(n)
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
-    model = ts.new_multimlp(n_stages)
+    model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
-    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
     cls = ts.CLASSES[schedule]
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
                 scale_grads=False)
@@ -279,9 +290,9 @@ def case_multi_iter(schedule, n, iters):
     n, iters = int(n), int(iters)
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
-    model = ts.new_multimlp(n_stages)
+    model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
-    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
     cls = ts.CLASSES[schedule]
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=ts.mse_sum,
                 scale_grads=False)
@@ -342,9 +353,9 @@ def case_custom_schedule(name, n):
     cls, placement = _custom_classes()[name]
     mine = placement[rank]
     n_stages = sum(len(v) for v in placement.values())
-    model = ts.new_multimlp(n_stages)
+    model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
-    stages = [PipelineStage(model.layers[s], s, n_stages, "cpu") for s in mine]
+    stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
     sched = cls(stages, n, loss_fn=ts.mse_sum, scale_grads=False)
     seen = {"F": 0, "OVERLAP_F_B": 0}
     if name == "DualPipeVCustomFns":
@@ -378,9 +389,9 @@ def case_shape_mismatch():
     from pipec.pipelining import PipelineStage, PipeliningShapeError, ScheduleGPipe
     rank, world = _setup()
     n = 2
-    model = ts.new_multimlp(world)
+    model = ts.new_multimlp(world, DEV)
     ref = copy.deepcopy(model)
-    stage = PipelineStage(model.layers[rank], rank, world, "cpu")
+    stage = PipelineStage(model.layers[rank], rank, world, DEV)
     sched = ScheduleGPipe(stage, n, loss_fn=ts.mse_sum, scale_grads=False)
     modules = [(model.layers[rank], f"layers.{rank}.")]
     _run_steps(sched, rank, {0}, {world - 1}, ref, ts.mse_sum, n, 1, 2 * n, ts.D_HID, "float",
@@ -410,10 +421,9 @@ def case_rank_fails(mode):
     import pipec.distributed as dist
     import test_schedules as ts
     from pipec.pipelining import PipelineStage, Schedule1F1B
-    dist.init_process_group("tcp", timeout=8)
-    rank = dist.get_rank()
-    model = ts.new_multimlp(2)
-    stage = PipelineStage(model.layers[rank], rank, 2, "cpu")
+    rank, _ = _setup(timeout=8)
+    model = ts.new_multimlp(2, DEV)
+    stage = PipelineStage(model.layers[rank], rank, 2, DEV)
     count = [0]
 
     def loss_fn(out, target):
@@ -444,8 +454,8 @@ def case_disagree(what):
     import test_schedules as ts
     from pipec.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
     rank, world = _setup()
-    model = ts.new_multimlp(world)
-    stage = PipelineStage(model.layers[rank], rank, world, "cpu")
+    model = ts.new_multimlp(world, DEV)
+    stage = PipelineStage(model.layers[rank], rank, world, DEV)
     cls = ScheduleGPipe if (what == "schedule" and rank == 1) else Schedule1F1B
     n = 8 if (what == "n_microbatches" and rank == 1) else 4
     sched = cls(stage, n, loss_fn=ts.mse_sum)
@@ -522,7 +532,7 @@ def test_shape_and_dtype_mismatch():
     _assert_ok(res, 2)
 
 
-def _spawn(world, case, *args, timeout=60):
+def _spawn(world, case, *args, timeout=60, backend="tcp"):
     """Start the ranks of `case` directly (no launcher: every rank's own exit is seen)."""
     import socket
     with socket.socket() as sk:
@@ -530,7 +540,7 @@ def _spawn(world, case, *args, timeout=60):
         port = sk.getsockname()[1]
     procs = []
     for r in range(world):
-        env = _env()
+        env = _env(backend)
         env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen([sys.executable, HERE, case, *map(str, args)], cwd=ROOT,
@@ -550,12 +560,15 @@ def _spawn(world, case, *args, timeout=60):
     return out, time.monotonic() - t0
 
 
+@pytest.mark.parametrize("backend", ["tcp", pytest.param("nccl", marks=pytest.mark.multigpu)])
 @pytest.mark.parametrize("mode", ["raise", "kill"])
-def test_failing_rank_is_named_not_a_hang(mode):
-    out, secs = _spawn(2, "case_rank_fails", mode)
+def test_failing_rank_is_named_not_a_hang(mode, backend):
+    out, secs = _spawn(2, "case_rank_fails", mode, backend=backend)
     rc0, so0, se0 = out[0]
     assert rc0 == 3, so0 + se0
-    assert "PipelineError" in so0 and "rank 1" in so0, so0 + se0
+    assert "PipelineError" in so0, so0 + se0
+    if backend == "tcp":  # NCCL reports the abort, not who caused it
+        assert "rank 1" in so0, so0 + se0
     assert secs < 30, secs  # well within the 8 s timeout plus start-up, never a hang
     rc1, so1, se1 = out[1]
     assert rc1 != 0
@@ -571,3 +584,25 @@ def test_ranks_that_disagree_are_refused(what):
         line = [ln for ln in res.stdout.splitlines() if ln.startswith(f"[rank{r}]: rank {r} refused")]
         assert line, res.stdout + res.stderr
         assert f"rank {other} runs a different pipeline" in line[0], line[0]
+
+
+# ---- the same over NCCL, one GPU per rank (2 GPUs) ----
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize("frontend", ["tracer", "manual"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedule_numerics_nccl(schedule, frontend):
+    res, _ = _launch(2, "case_numerics", schedule, 8, frontend,
+                     "mse_sum" if frontend == "tracer" else "mse_mean", backend="nccl")
+    _assert_ok(res, 2)
+
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize("case,args", [
+    ("case_kwargs", ("1F1B", 4)), ("case_custom_dw", ("ZBVZeroBubble", 4)),
+    ("case_eval", ("Interleaved1F1B", 4)), ("case_multi_iter", ("1F1B", 4, 20)),
+    ("case_custom_schedule", ("Unbalanced", 2)),
+    ("case_custom_schedule", ("DualPipeVCustomFns", 4)), ("case_shape_mismatch", ())])
+def test_ported_cases_nccl(case, args):
+    res, _ = _launch(2, case, *args, backend="nccl")
+    _assert_ok(res, 2)

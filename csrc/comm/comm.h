@@ -40,6 +40,9 @@ typedef struct PcCommOps {
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
     PcStatus (*recv_wait)(PcComm *c, void *req);
     void (*recv_drop)(PcComm *c, void *req);
+    /* Wait (within timeout_s) until every transfer this rank queued has finished; NULL when
+     * operations complete before they return (TCP). */
+    PcStatus (*wait_idle)(PcComm *c);
     PcStatus (*send_bytes)(PcComm *c, int peer, uint64_t tag, const void *buf, size_t n);
     /* Receives a whole message of any size into a malloc'd buffer (*buf, caller frees). */
     PcStatus (*recv_bytes)(PcComm *c, int peer, uint64_t tag, void **buf, size_t *n);

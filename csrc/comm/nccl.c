@@ -10,9 +10,14 @@
  *   - NCCL matches point-to-point operations per peer in posting order; tags are checked by
  *     the callers' schedule, not by NCCL;
  *   - creation waits in the store for every rank first, so a missing rank is a timeout that
- *     names it, not a hang inside ncclCommInitRank.
+ *     names it, not a hang inside ncclCommInitRank; point-to-point connections to every peer
+ *     are made then too (a grouped exchange), so the first pipeline step is not slow;
+ *   - the host never waits on NCCL work without a deadline: nc_sync polls the stream, checks
+ *     ncclCommGetAsyncError, and past the communicator's timeout aborts the communicator
+ *     (ncclCommAbort), so a dead or silent peer becomes an error, not a hang.
  * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
 #if defined(PC_WITH_NCCL) && defined(PC_WITH_CUDA)
 
 #include "comm.h"
@@ -22,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../kernels/cuda/cuda_api.h"
 
@@ -65,6 +71,44 @@ static PcStatus nccl_dtype(PcDType dt, ncclDataType_t *out) {
     default: break;
     }
     return pc_set_error(PC_ERR_TYPE, "nccl: unsupported dtype %s", pc_dtype_name(dt));
+}
+
+static double mono_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void nc_abort(PcComm *cm);
+
+/* Wait until `stream`'s work is done, within the communicator's timeout. Polls with a short
+ * back-off; a NCCL asynchronous error or the deadline aborts the communicator. */
+static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
+    double deadline = mono_now() + c->base.timeout_s;
+    long sleep_ns = 2000;
+    for (;;) {
+        cudaError_t ce = cudaStreamQuery((cudaStream_t)stream);
+        if (ce == cudaSuccess) return PC_OK;
+        if (ce != cudaErrorNotReady)
+            return pc_set_error(PC_ERR_CUDA, "nccl %s: %s", what, cudaGetErrorString(ce));
+        ncclResult_t async = ncclSuccess;
+        if (c->comm && ncclCommGetAsyncError(c->comm, &async) == ncclSuccess &&
+            async != ncclSuccess && async != ncclInProgress) {
+            nc_abort(&c->base);
+            return pc_set_error(PC_ERR_NCCL, "nccl %s failed: %s (the communicator was aborted)",
+                                what, ncclGetErrorString(async));
+        }
+        if (mono_now() > deadline) {
+            nc_abort(&c->base);
+            return pc_set_error(PC_ERR_TIMEOUT,
+                                "nccl %s did not complete within %.0f s: a peer rank died or "
+                                "stopped answering (rank %d aborted its communicator)",
+                                what, c->base.timeout_s, c->base.rank);
+        }
+        struct timespec ts = {0, sleep_ns};
+        nanosleep(&ts, NULL);
+        if (sleep_ns < 1000000) sleep_ns *= 2;
+    }
 }
 
 static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
@@ -188,8 +232,8 @@ static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *bu
         ncclResult_t r2 = ncclGroupEnd();
         if (r == ncclSuccess) r = r2;
         if (r != ncclSuccess) st = nccl_fail(r, "ncclSend(bytes)", __FILE__, __LINE__);
-        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) != cudaSuccess)
-            st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: %s", cudaGetErrorString(ce));
+        else
+            st = nc_sync(c, c->stream, "send_bytes");
     }
     cudaFree(d);
     return st;
@@ -205,10 +249,12 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
     PC_CUDART_TRY(cudaMalloc(&d, 8));
     uint64_t n64 = 0;
     ncclResult_t r = ncclRecv(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
-    cudaError_t ce = r == ncclSuccess ? cudaStreamSynchronize((cudaStream_t)c->stream) : cudaSuccess;
-    if (r == ncclSuccess && ce == cudaSuccess) ce = cudaMemcpy(&n64, d, 8, cudaMemcpyDeviceToHost);
+    PcStatus sync = r == ncclSuccess ? nc_sync(c, c->stream, "recv_bytes") : PC_OK;
+    cudaError_t ce = cudaSuccess;
+    if (r == ncclSuccess && sync == PC_OK) ce = cudaMemcpy(&n64, d, 8, cudaMemcpyDeviceToHost);
     cudaFree(d);
     if (r != ncclSuccess) return nccl_fail(r, "ncclRecv(size)", __FILE__, __LINE__);
+    if (sync != PC_OK) return sync;
     if (ce != cudaSuccess) return pc_set_error(PC_ERR_CUDA, "nccl recv_bytes: %s", cudaGetErrorString(ce));
     void *host = malloc(n64 ? n64 : 1);
     if (!host) return pc_set_error(PC_ERR_OOM, "nccl recv_bytes: %llu bytes", (unsigned long long)n64);
@@ -221,7 +267,7 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
         }
         r = ncclRecv(d, n64, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclRecv(bytes)", __FILE__, __LINE__);
-        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) != cudaSuccess ||
+        else if ((st = nc_sync(c, c->stream, "recv_bytes")) == PC_OK &&
                  (ce = cudaMemcpy(host, d, n64, cudaMemcpyDeviceToHost)) != cudaSuccess)
             st = pc_set_error(PC_ERR_CUDA, "nccl recv_bytes: %s", cudaGetErrorString(ce));
         cudaFree(d);
@@ -264,8 +310,7 @@ static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     if (ce == cudaSuccess) {
         ncclResult_t r = ncclBroadcast(d, d, n, ncclUint8, root, c->comm, (cudaStream_t)c->stream);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclBroadcast", __FILE__, __LINE__);
-        else if ((ce = cudaStreamSynchronize((cudaStream_t)c->stream)) == cudaSuccess &&
-                 cm->rank != root)
+        else if ((st = nc_sync(c, c->stream, "broadcast")) == PC_OK && cm->rank != root)
             ce = cudaMemcpy(buf, d, n, cudaMemcpyDeviceToHost);
     }
     if (st == PC_OK && ce != cudaSuccess)
@@ -277,6 +322,36 @@ static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
 static PcStatus nc_barrier(PcComm *cm) {
     unsigned char b = 0;
     return nc_broadcast_bytes(cm, 0, &b, 1);
+}
+
+/* Everything queued on the comm stream has finished (end of a pipeline step). */
+static PcStatus nc_wait_idle(PcComm *cm) {
+    NcclComm *c = NC(cm);
+    if (c->aborted) return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted");
+    return nc_sync(c, c->stream, "transfers of this step");
+}
+
+/* A tiny grouped send/recv with every peer: NCCL connects point-to-point channels lazily,
+ * on first use, which would otherwise land in the first pipeline step. */
+static PcStatus nc_connect_peers(NcclComm *c) {
+    if (c->base.world < 2) return PC_OK;
+    void *d = NULL;
+    PC_CUDART_TRY(cudaMalloc(&d, 2 * (size_t)c->base.world));
+    PcStatus st = PC_OK;
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; r == ncclSuccess && p < c->base.world; p++) {
+        if (p == c->base.rank) continue;
+        r = ncclSend((char *)d + p, 1, ncclUint8, p, c->comm, (cudaStream_t)c->stream);
+        if (r == ncclSuccess)
+            r = ncclRecv((char *)d + c->base.world + p, 1, ncclUint8, p, c->comm,
+                         (cudaStream_t)c->stream);
+    }
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess) r = r2;
+    if (r != ncclSuccess) st = nccl_fail(r, "connecting to peers", __FILE__, __LINE__);
+    else st = nc_sync(c, c->stream, "connecting to peers");
+    cudaFree(d);
+    return st;
 }
 
 static void nc_abort(PcComm *cm) {
@@ -296,8 +371,20 @@ static void nc_destroy(PcComm *cm) {
 }
 
 static const PcCommOps nccl_ops = {
-    "nccl", nc_send, nc_recv, nc_recv_post, nc_recv_wait, nc_recv_drop, nc_send_bytes, nc_recv_bytes, nc_barrier, nc_all_reduce_sum,
-    nc_broadcast_bytes, nc_abort, nc_destroy,
+    .name = "nccl",
+    .send = nc_send,
+    .recv = nc_recv,
+    .recv_post = nc_recv_post,
+    .recv_wait = nc_recv_wait,
+    .recv_drop = nc_recv_drop,
+    .wait_idle = nc_wait_idle,
+    .send_bytes = nc_send_bytes,
+    .recv_bytes = nc_recv_bytes,
+    .barrier = nc_barrier,
+    .all_reduce_sum = nc_all_reduce_sum,
+    .broadcast_bytes = nc_broadcast_bytes,
+    .abort = nc_abort,
+    .destroy = nc_destroy,
 };
 
 PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, double timeout_s,
@@ -338,8 +425,10 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
         free(c);
         return nccl_fail(r, "ncclCommInitRank", __FILE__, __LINE__);
     }
-    /* warm up the connections: a tiny all-reduce, so the first pipeline step is not slow */
+    /* warm up the connections (collective and point-to-point), so the first pipeline step
+     * is not slow */
     st = nc_barrier(&c->base);
+    if (st == PC_OK) st = nc_connect_peers(c);
     if (st != PC_OK) {
         nc_destroy(&c->base);
         return st;

@@ -927,6 +927,10 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                 pc_set_error(status, "rank %d, action %s (step %d): %s", rank, txt, i, msg);
         }
     }
+    /* multi-process: the step ends when this rank's transfers have (the buffers they read
+     * stay valid until then, and a dead peer is found here, within the deadline) */
+    if (status == PC_OK && rt->comm && rt->comm->ops->wait_idle)
+        status = rt->comm->ops->wait_idle(rt->comm);
     if (status != PC_OK) {
         pthread_mutex_lock(&rt->mu);
         if (!rt->failed) {
