@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# tools/gpu_check_2gpu.sh — on a 2-GPU machine: build pipec, run the multi-GPU tests (the
+# LocalPipeline numerics on cuda:0 + cuda:1 and the multi-process numerics over NCCL), then
+# the multi-process benchmarks next to torch (bench/pipeline_mp.py, bench/p2p.py).
+#
+#     bash tools/gpu_check_2gpu.sh [all|tests|bench]     (default: all)
+#
+# `tests` and `bench` split the work over two device calls (each under 10 minutes); the
+# editable build is kept between calls on a warm machine. Logs and tables go to $OUT (or
+# ./gpu_check_logs); the exit status is the first failing step's.
+set -u
+cd "$(dirname "$0")/.."
+WHAT="${1:-all}"
+LOGDIR="${OUT:-$PWD/gpu_check_logs}"
+mkdir -p "$LOGDIR"
+PY="${PYTHON:-python3}"
+status=0
+
+step() {  # step NAME LOGFILE CMD...
+    local name="$1" log="$2"
+    shift 2
+    echo "== $name: $*" | tee -a "$LOGDIR/summary.txt"
+    local t0=$SECONDS
+    "$@" > "$LOGDIR/$log" 2>&1
+    local rc=$?
+    tail -n 30 "$LOGDIR/$log"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOGDIR/summary.txt"
+    if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; fi
+    return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$LOGDIR/env.txt"
+if ! "$PY" -c 'import pipec, sys; sys.exit(0 if pipec.cuda.device_count() >= 2 else 1)' 2>/dev/null; then
+    step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . || exit $status
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
+    step tests tests.log "$PY" -m pytest -q -m multigpu tests -rs
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
+    step p2p p2p.log "$PY" bench/p2p.py --out "$LOGDIR/p2p_2gpu.md"
+    step pipeline pipeline.log "$PY" bench/pipeline_mp.py --steps 10 --out "$LOGDIR/pipeline_mp_2gpu.md"
+fi
+echo "gpu_check_2gpu: exit $status" | tee -a "$LOGDIR/summary.txt"
+exit $status
