@@ -606,3 +606,14 @@ def test_schedule_numerics_nccl(schedule, frontend):
 def test_ported_cases_nccl(case, args):
     res, _ = _launch(2, case, *args, backend="nccl")
     _assert_ok(res, 2)
+
+
+def test_readme_example_runs():
+    """examples/pipeline_multiproc.py (the README's command) trains: the loss goes down."""
+    cmd = [sys.executable, "-m", "pipec.run", "--nproc-per-node", "2",
+           os.path.join(ROOT, "examples", "pipeline_multiproc.py"), "--schedule",
+           "ZBVZeroBubble", "--steps", "6"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env())
+    assert res.returncode == 0, res.stdout + res.stderr
+    losses = [float(ln.rsplit(" ", 1)[1]) for ln in res.stdout.splitlines() if "loss" in ln]
+    assert len(losses) == 2 and losses[-1] < losses[0], res.stdout
