@@ -469,6 +469,28 @@ def case_disagree(what):
     raise AssertionError("ranks with different pipelines ran a step")
 
 
+def case_subgroups():
+    """Two 2-stage pipelines side by side in a 4-rank job, each over its own new_group
+    (ranks 0-1 and 2-3), as in data parallelism over pipelines: each matches the
+    reference, and the groups' messages do not mix."""
+    import pipec.distributed as dist
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B
+    rank, world = _setup()
+    assert world == 4
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    g = groups[rank // 2]
+    me = g.rank()
+    model = ts.new_multimlp(2, DEV)
+    ref = copy.deepcopy(model)
+    stage = PipelineStage(model.layers[me], me, 2, DEV, group=g)
+    sched = Schedule1F1B(stage, 4, loss_fn=ts.mse_sum, scale_grads=False)
+    first, last = g.ranks[0], g.ranks[1]
+    _run_steps(sched, rank, {first}, {last}, ref, ts.mse_sum, 4, 2, 8, ts.D_HID, "float",
+               [(model.layers[me], f"layers.{me}.")], 1.0, f"group {g.ranks}")
+    print(f"OK subgroup rank {rank}", flush=True)
+
+
 # ---- tests ----
 
 def _numerics_configs():
@@ -525,6 +547,11 @@ def test_multi_iter(schedule):
 def test_custom_schedules(name):
     res, _ = _launch(2, "case_custom_schedule", name, 2 if name != "DualPipeVCustomFns" else 4)
     _assert_ok(res, 2)
+
+
+def test_pipelines_in_subgroups():
+    res, _ = _launch(4, "case_subgroups")
+    _assert_ok(res, 4)
 
 
 def test_shape_and_dtype_mismatch():
