@@ -491,6 +491,30 @@ def case_subgroups():
     print(f"OK subgroup rank {rank}", flush=True)
 
 
+def case_zoo(model_name, schedule, n):
+    """The model zoo through pipeline() with world x stages-per-rank stages: MultiMLP or
+    ExampleCode (a constant that does not require grad crosses a stage boundary, so no
+    gradient message may travel back for it)."""
+    import test_schedules as ts
+    rank, world = _setup()
+    n = int(n)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    make = {"MultiMLP": ts.new_multimlp, "ExampleCode": ts.new_example_code}[model_name]
+    model = make(n_stages, DEV)
+    ref = copy.deepcopy(model)
+    x0, _ = _data(0, 2 * n, ts.D_HID, "float", ts.D_HID)
+    pipe = ts.trace(model, (pipe_chunk(x0, n),))
+    assert pipe.num_stages == n_stages, pipe.num_stages
+    stages = [pipe.build_stage(s, DEV) for s in mine]
+    sched = ts.CLASSES[schedule](stages[0] if schedule in ts.SINGLE else stages, n,
+                                 loss_fn=ts.mse_mean)
+    _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, ts.mse_mean, n, 2, 2 * n,
+               ts.D_HID, "float", [(pipe.get_stage_module(s), "") for s in mine], 1.0 / n,
+               f"{model_name} {schedule} world {world}")
+    print(f"OK zoo {model_name} {schedule} rank {rank}", flush=True)
+
+
 # ---- tests ----
 
 def _numerics_configs():
@@ -514,6 +538,22 @@ def test_schedule_numerics_multiprocess(schedule, world, n, frontend, loss):
 if __name__ == "__main__":
     case = sys.argv[1]
     globals()[case](*sys.argv[2:])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_example_code(schedule, world):
+    res, _ = _launch(world, "case_zoo", "ExampleCode", schedule, 4 if world == 2 else 8)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule,n", [("GPipe", 8), ("1F1B", 16), ("Interleaved1F1B", 16),
+                                        ("ZBVZeroBubble", 32), ("DualPipeV", 16)])
+def test_eight_ranks(schedule, n):
+    """8 CPU processes (16 stages for the multi-stage schedules): the deeper pipelines of
+    the scale-out issue, on CPUs."""
+    res, _ = _launch(8, "case_zoo", "MultiMLP", schedule, n, timeout=300)
+    _assert_ok(res, 8)
 
 
 @pytest.mark.parametrize("schedule,world", [("GPipe", 2), ("1F1B", 2), ("1F1B", 4),
