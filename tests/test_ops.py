@@ -272,6 +272,35 @@ def test_inplace_broadcast_result_shape_must_match():
 
 # ---- matrix products ----
 
+def _assert_product_close(actual, x, y, dtype, msg=""):
+    """actual (pipec tensor) == x @ y for 2-D float64 arrays x (m, k), y (k, n) holding
+    dtype-rounded values, within the forward error bound of a floating-point dot product.
+
+    A length-k dot product summed in any order (blocked, with or without FMA) satisfies
+    |fl(x.y) - x.y| <= gamma_k |x|.|y|, gamma_k = k u / (1 - k u) (Higham, Accuracy and
+    Stability of Numerical Algorithms, 2nd ed., sec. 3.1), u = 2^-24 (float32) or 2^-53
+    (float64). The error scales with |x|.|y|, not with the result, so where the terms cancel
+    TOL's rtol/atol alone is too tight for long sums: for (17, 33) @ (33, 8) in float32,
+    |x|.|y| is 15..36 and a correct sgemm is off by ~1e-6 (about one ulp of |x|.|y|), over
+    atol 1e-6 + rtol 1e-5 * |result| in ~0.65% of random draws with A transposed (OpenBLAS
+    sgemm called directly and NumPy's float32 matmul alike; a plain sequential float32 loop
+    0.76%). Allowed per element: TOL[dtype] + gamma_k(dtype) |x|.|y| for pipec's rounding
+    + gamma_k(float64) |x|.|y| for the float64 reference's."""
+    a, e = to_np(actual), x @ y
+    assert a.shape == e.shape, f"{msg} shape {a.shape} != expected {e.shape}"
+    k, tol, mag = x.shape[1], TOL[dtype], np.abs(x) @ np.abs(y)
+    gamma = lambda u: k * u / (1 - k * u)
+    u = 2.0 ** -24 if dtype == "float32" else 2.0 ** -53
+    allowed = tol["atol"] + tol["rtol"] * np.abs(e) + (gamma(u) + gamma(2.0 ** -53)) * mag
+    err = np.abs(a - e)
+    bad = ~(err <= allowed)  # NaN fails too
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, np.inf, err / allowed)), e.shape)
+        raise AssertionError(f"{msg} {int(bad.sum())}/{e.size} elements off; at {i}: got "
+                             f"{a[i]!r}, expected {e[i]!r}, |error| {err[i]:.3g} > allowed "
+                             f"{allowed[i]:.3g} (|x|.|y| = {mag[i]:.3g}, k = {k})")
+
+
 MM_SHAPES = [((3, 4), (4, 5)), ((1, 1), (1, 1)), ((0, 4), (4, 5)), ((3, 0), (0, 2)),
              ((5, 1), (1, 7)), ((2, 9), (9, 0)), ((17, 33), (33, 8))]
 
@@ -288,14 +317,14 @@ def test_mm_forward_backward(shapes, layouts, dtype):
     tb = make(b, dtype, lb, requires_grad=True)
     y = pipec.mm(ta, tb)
     assert tuple(y.shape) == (sa[0], sb[1])
-    assert_close(y, a @ b, dtype)
-    assert_close(ta.mm(tb), a @ b, dtype)
-    assert_close(ta @ tb, a @ b, dtype)
+    _assert_product_close(y, a, b, dtype)
+    _assert_product_close(ta.mm(tb), a, b, dtype, "Tensor.mm")
+    _assert_product_close(ta @ tb, a, b, dtype, "@")
     assert y.grad_fn.name() == "MmBackward0"
     R = _rounded(np.random.default_rng().standard_normal((sa[0], sb[1])), dtype)
     y.backward(pipec.tensor(R, dtype=_dt(dtype)))
-    assert_close(ta.grad, R @ b.T, dtype)
-    assert_close(tb.grad, a.T @ R, dtype)
+    _assert_product_close(ta.grad, R, b.T, dtype, "grad self")
+    _assert_product_close(tb.grad, a.T, R, dtype, "grad mat2")
 
 
 def test_mm_large_float32_against_float64():

@@ -36,7 +36,8 @@ typedef struct PcCommOps {
      * recv_drop abandons it; either frees the request. Asynchronous backends (NCCL) enqueue
      * the transfer at post time, in posting order; the TCP backend, which buffers early
      * arrivals, receives at wait time, which gives the same result. t stays referenced by
-     * the request until it is freed. */
+     * the request until it is freed. recv_drop must not use `c` (it may be NULL: a request
+     * can outlive its communicator). */
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
     PcStatus (*recv_wait)(PcComm *c, void *req);
     void (*recv_drop)(PcComm *c, void *req);

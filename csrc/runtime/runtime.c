@@ -65,6 +65,8 @@ struct PcRuntime {
     int n_model_in;
     PcTensor **model_in;     /* [n_mb * n_model_in] owned refs */
     PcComm *comm;            /* multi-process mode (borrowed), else NULL */
+    const PcCommOps *comm_ops; /* comm's table (static): drops pending receives even after
+                                  the communicator was destroyed */
     int my_rank;             /* the rank this process runs in multi-process mode */
     unsigned step;           /* steps begun: part of every message tag */
     pthread_mutex_t mu;
@@ -120,11 +122,11 @@ static void mb_clear(PcRuntime *rt, int s, int m) {
     }
     for (int o = 0; o < st->d.n_out; o++) x->gout_missing[o] = st->n_cons[o];
     for (int k = 0; x->in_req && k < st->d.n_in; k++) {
-        if (x->in_req[k] && rt->comm) rt->comm->ops->recv_drop(rt->comm, x->in_req[k]);
+        if (x->in_req[k] && rt->comm_ops) rt->comm_ops->recv_drop(NULL, x->in_req[k]);
         x->in_req[k] = NULL;
     }
     for (int e = 0; x->g_req && e < st->n_redge; e++) {
-        if (x->g_req[e] && rt->comm) rt->comm->ops->recv_drop(rt->comm, x->g_req[e]);
+        if (x->g_req[e] && rt->comm_ops) rt->comm_ops->recv_drop(NULL, x->g_req[e]);
         x->g_req[e] = NULL;
         pc_tensor_decref(x->g_buf[e]);
         x->g_buf[e] = NULL;
@@ -329,6 +331,7 @@ PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank) {
         }
     }
     rt->comm = comm;
+    rt->comm_ops = comm->ops;
     rt->my_rank = rank;
     return PC_OK;
 }
