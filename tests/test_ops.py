@@ -295,7 +295,8 @@ def _assert_product_close(actual, x, y, dtype, msg=""):
     err = np.abs(a - e)
     bad = ~(err <= allowed)  # NaN fails too
     if bad.any():
-        i = np.unravel_index(np.argmax(np.where(bad, np.inf, err / allowed)), e.shape)
+        i = tuple(int(v) for v in
+                  np.unravel_index(np.argmax(np.where(bad, np.inf, err / allowed)), e.shape))
         raise AssertionError(f"{msg} {int(bad.sum())}/{e.size} elements off; at {i}: got "
                              f"{a[i]!r}, expected {e[i]!r}, |error| {err[i]:.3g} > allowed "
                              f"{allowed[i]:.3g} (|x|.|y| = {mag[i]:.3g}, k = {k})")
