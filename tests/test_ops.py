@@ -289,9 +289,9 @@ def _assert_product_close(actual, x, y, dtype, msg=""):
     a, e = to_np(actual), x @ y
     assert a.shape == e.shape, f"{msg} shape {a.shape} != expected {e.shape}"
     k, tol, mag = x.shape[1], TOL[dtype], np.abs(x) @ np.abs(y)
-    gamma = lambda u: k * u / (1 - k * u)
-    u = 2.0 ** -24 if dtype == "float32" else 2.0 ** -53
-    allowed = tol["atol"] + tol["rtol"] * np.abs(e) + (gamma(u) + gamma(2.0 ** -53)) * mag
+    u, u64 = (2.0 ** -24 if dtype == "float32" else 2.0 ** -53), 2.0 ** -53
+    gamma = k * u / (1 - k * u) + k * u64 / (1 - k * u64)
+    allowed = tol["atol"] + tol["rtol"] * np.abs(e) + gamma * mag
     err = np.abs(a - e)
     bad = ~(err <= allowed)  # NaN fails too
     if bad.any():

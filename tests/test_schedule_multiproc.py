@@ -167,8 +167,16 @@ def case_numerics(schedule, n, frontend, loss_name, steps="2"):
     sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=loss_fn,
                 scale_grads=scale_grads)
     scale = 1.0 / n if scale_grads and n > 1 else 1.0
+    sched.record_timeline = True  # this rank's compute actions, timed
     _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, loss_fn, n, steps, batch,
                ts.D_HID, tkind, modules, scale, f"{schedule}/{frontend}/{loss_name}")
+    events = sched.timeline()
+    from pipec.pipelining.schedules import _Action
+    n_compute = sum(1 for a in sched._executor.orders[rank]
+                    if str(_Action.from_str(a).computation_type) in
+                    ("F", "B", "I", "W", "OVERLAP_F_B"))
+    assert len(events) == n_compute and all(e[0] == rank and e[3] >= e[2] for e in events), \
+        (len(events), n_compute, events[:3])
     print(f"OK {schedule} rank {rank} stages {mine}", flush=True)
 
 

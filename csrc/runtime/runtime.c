@@ -18,6 +18,9 @@
 #include <time.h>
 
 #include "../autograd/autograd.h"
+#ifdef PC_WITH_CUDA
+#include "../kernels/cuda/cuda_api.h"
+#endif
 
 /* ---- state ---- */
 
@@ -865,33 +868,149 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
                         pc_act_type_name(type));
 }
 
-static void record_event(PcRuntime *rt, int rank, const PcAction *a, double t0, double t1) {
+/* Appends a timeline event; returns its index (or -1 when out of memory). */
+static int record_event(PcRuntime *rt, int rank, const PcAction *a, double t0, double t1) {
     pthread_mutex_lock(&rt->mu);
     if (rt->n_events == rt->cap_events) {
         int nc = rt->cap_events ? rt->cap_events * 2 : 256;
         PcTimelineEvent *e = realloc(rt->events, sizeof *e * (size_t)nc);
         if (!e) {
             pthread_mutex_unlock(&rt->mu);
-            return;
+            return -1;
         }
         rt->events = e;
         rt->cap_events = nc;
     }
-    PcTimelineEvent *ev = &rt->events[rt->n_events++];
+    int idx = rt->n_events++;
+    PcTimelineEvent *ev = &rt->events[idx];
     ev->rank = rank;
     pc_action_format(a, ev->action, sizeof ev->action);
     ev->start_us = t0;
     ev->end_us = t1;
     pthread_mutex_unlock(&rt->mu);
+    return idx;
+}
+
+/* ---- GPU timing of a rank's actions (timeline only) ----
+ * On a CUDA stage, host time measures when work was enqueued, not when it ran: a timed
+ * rank records a CUDA event pair around each compute action on the stage's stream and,
+ * once its actions are done, rewrites those events' times as reference + GPU elapsed time,
+ * the reference being an event recorded when the rank started. */
+typedef struct GpuMark {
+    int event;            /* index into rt->events */
+    void *start, *end;    /* CUDA events (owned) */
+} GpuMark;
+
+typedef struct GpuTimer {
+    int dev;              /* -1: the rank has no CUDA stage (host timing) */
+    void *ref;            /* event recorded at the rank's start */
+    double ref_us;        /* host time of that record */
+    GpuMark *marks;
+    int n, cap;
+} GpuTimer;
+
+static void gpu_timer_start(PcRuntime *rt, int rank, GpuTimer *g) {
+    memset(g, 0, sizeof *g);
+    g->dev = -1;
+#ifdef PC_WITH_CUDA
+    if (!rt->record) return;
+    for (int s = 0; s < rt->n_stages; s++) {
+        if (rt->st[s].d.rank != rank || rt->st[s].d.device.type != PC_CUDA) continue;
+        int dev = rt->st[s].d.device.index;
+        void *stream;
+        if (pc_cuda_event_create(dev, true, false, false, &g->ref) != PC_OK ||
+            pc_cuda_current_stream(dev, &stream) != PC_OK ||
+            pc_cuda_event_record(g->ref, stream) != PC_OK) {
+            pc_clear_error();
+            pc_cuda_event_destroy(g->ref);
+            g->ref = NULL;
+            return;
+        }
+        g->dev = dev;
+        g->ref_us = now_us(rt);
+        return;
+    }
+#else
+    (void)rt;
+    (void)rank;
+#endif
+}
+
+/* Around one action: phase 0 before it (start event), 1 after it (end event). */
+static void gpu_timer_mark(GpuTimer *g, int phase, int event) {
+#ifdef PC_WITH_CUDA
+    if (g->dev < 0) return;
+    void *stream, *ev = NULL;
+    if (pc_cuda_current_stream(g->dev, &stream) != PC_OK ||
+        pc_cuda_event_create(g->dev, true, false, false, &ev) != PC_OK ||
+        pc_cuda_event_record(ev, stream) != PC_OK) {
+        pc_clear_error();
+        pc_cuda_event_destroy(ev);
+        return;
+    }
+    if (phase == 0) {
+        if (g->n == g->cap) {
+            int nc = g->cap ? g->cap * 2 : 64;
+            GpuMark *m = realloc(g->marks, sizeof *m * (size_t)nc);
+            if (!m) {
+                pc_cuda_event_destroy(ev);
+                return;
+            }
+            g->marks = m;
+            g->cap = nc;
+        }
+        g->marks[g->n++] = (GpuMark){-1, ev, NULL};
+    } else if (g->n > 0 && !g->marks[g->n - 1].end) {
+        g->marks[g->n - 1].end = ev;
+        g->marks[g->n - 1].event = event;
+    } else {
+        pc_cuda_event_destroy(ev);
+    }
+#else
+    (void)g;
+    (void)phase;
+    (void)event;
+#endif
+}
+
+/* After the rank's actions: GPU times into the timeline, events freed. */
+static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
+#ifdef PC_WITH_CUDA
+    for (int i = 0; i < g->n; i++) {
+        GpuMark *m = &g->marks[i];
+        float a_ms, b_ms;
+        if (ok && m->event >= 0 && m->end && pc_cuda_event_synchronize(m->end) == PC_OK &&
+            pc_cuda_event_elapsed_time(g->ref, m->start, &a_ms) == PC_OK &&
+            pc_cuda_event_elapsed_time(g->ref, m->end, &b_ms) == PC_OK) {
+            pthread_mutex_lock(&rt->mu);
+            rt->events[m->event].start_us = g->ref_us + (double)a_ms * 1e3;
+            rt->events[m->event].end_us = g->ref_us + (double)b_ms * 1e3;
+            pthread_mutex_unlock(&rt->mu);
+        }
+        if (ok) pc_clear_error(); /* a failed query only loses that event's GPU time */
+        pc_cuda_event_destroy(m->start);
+        pc_cuda_event_destroy(m->end);
+    }
+    pc_cuda_event_destroy(g->ref);
+#else
+    (void)rt;
+    (void)ok;
+#endif
+    free(g->marks);
+    memset(g, 0, sizeof *g);
 }
 
 PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions) {
     PcStatus status = PC_OK;
+    GpuTimer gt;
+    gpu_timer_start(rt, rank, &gt);
     for (int i = 0; i < actions->len && status == PC_OK; i++) {
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;
         double t0 = rt->record ? now_us(rt) : 0;
         tl_compute_start = -1.0;
+        bool timed = rt->record && pc_act_type_is_compute(a->type);
+        if (timed) gpu_timer_mark(&gt, 0, -1);
         PcActionSub leaves[PC_ACTION_MAX_SUB];
         int n = pc_action_leaves(a, leaves);
         if (rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
@@ -918,9 +1037,10 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                 status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
             }
         }
-        if (status == PC_OK && rt->record && (pc_act_type_is_compute(a->type)))
-            record_event(rt, rank, a, tl_compute_start >= 0 ? tl_compute_start : t0,
-                         now_us(rt));
+        if (status == PC_OK && timed)
+            gpu_timer_mark(&gt, 1, record_event(rt, rank, a,
+                                                tl_compute_start >= 0 ? tl_compute_start : t0,
+                                                now_us(rt)));
         if (status != PC_OK) {
             char txt[PC_ACTION_TEXT_MAX];
             pc_action_format(a, txt, sizeof txt);
@@ -934,6 +1054,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
      * stay valid until then, and a dead peer is found here, within the deadline) */
     if (status == PC_OK && rt->comm && rt->comm->ops->wait_idle)
         status = rt->comm->ops->wait_idle(rt->comm);
+    gpu_timer_finish(rt, &gt, status == PC_OK);
     if (status != PC_OK) {
         pthread_mutex_lock(&rt->mu);
         if (!rt->failed) {

@@ -361,6 +361,9 @@ class _PipelineSchedule:
         return {r: lowered[r] for r in range(self.pp_size)}, mapping
 
     _custom_order = False
+    #: set True to record the next steps' timelines (``timeline()``): per compute action its
+    #: rank, text and start/end in microseconds (GPU time, from CUDA events, on CUDA stages)
+    record_timeline = False
 
     _CUSTOM_TYPES = ("F", "B", "I", "W", "OVERLAP_F_B", "UNSHARD", "RESHARD", "REDUCE_GRAD")
 
@@ -481,7 +484,7 @@ class _PipelineSchedule:
         arg_mbs = _split_inputs(args, kwargs, self._n_microbatches, self._args_chunk_spec,
                                 self._kwargs_chunk_spec)
         target_mbs = _split_target(target, self._n_microbatches) if self._loss_fn else None
-        outs = ex.run(arg_mbs, target_mbs, losses, training)
+        outs = ex.run(arg_mbs, target_mbs, losses, training, self.record_timeline)
         if not return_outputs or outs is None:  # outputs live on the last stage's rank
             return None
         return _merge(outs, self._output_merge_spec)
