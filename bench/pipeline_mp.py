@@ -38,6 +38,11 @@ CONFIGS = {
     "large": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="float32"),
     "large_bf16": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="bfloat16"),
     "large_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=8, dtype="float32"),
+    # the scale-out configs (4 and 8 GPUs): 16 layers
+    "deep_f32_mb8": dict(d_hid=8192, batch=1024, n_mb=8, layers=16, dtype="float32"),
+    "deep_f32_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=16, dtype="float32"),
+    "deep_bf16_mb8": dict(d_hid=8192, batch=1024, n_mb=8, layers=16, dtype="bfloat16"),
+    "deep_bf16_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=16, dtype="bfloat16"),
 }
 SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
              "ZBVZeroBubble", "DualPipeV"]
@@ -173,8 +178,23 @@ def pipec_worker(args):
                 times.append((time.perf_counter() - t0) * 1e3)
             peak = pipec.cuda.max_memory_allocated(local) / 2**20 if cuda else 0.0
             peaks = gather(round(peak))
+            # one more step with this rank's timeline (GPU times from CUDA events): its
+            # bubble = 1 - busy / the step's span over all ranks
+            sch.record_timeline = True
+            dist.barrier()
+            step()
+            sync()
+            sch.record_timeline = False
+            ev = sch.timeline()
+            spans = gather((min(e[2] for e in ev), max(e[3] for e in ev),
+                            sum(e[3] - e[2] for e in ev)) if ev else None)
+            bubble = None
+            if all(spans):
+                # each rank's clock starts at its own step start: compare busy to span
+                bubble = statistics.mean(1.0 - b / max(t1 - t0, 1e-9) for t0, t1, b in spans)
             emit(rank, side="pipec", config=name, sched=sched, ms=statistics.median(times),
-                 min_ms=min(times), max_ms=max(times), peak_MiB=peaks, err=max(errs))
+                 min_ms=min(times), max_ms=max(times), peak_MiB=peaks, err=max(errs),
+                 bubble=bubble)
             del sch, stages, mods
             if cuda:
                 pipec.cuda.empty_cache()
@@ -301,25 +321,62 @@ def table(pipec_res, torch_res, args):
         c = CONFIGS[name]
         lines += ["", f"### {name}: d_hid={c['d_hid']}, batch={c['batch']}, "
                       f"n_microbatches={c['n_mb']}, layers={c['layers']}, {c['dtype']}", "",
-                  "| schedule | pipec ms | pipec min-max | pipec peak MiB | torch ms | "
-                  "torch min-max | torch peak MiB | pipec/torch | correct (max rel err) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| schedule | pipec ms | pipec min-max | pipec peak MiB | pipec bubble | "
+                  "torch ms | torch min-max | torch peak MiB | pipec/torch | "
+                  "correct (max rel err) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in pipec_res:
             if r["config"] != name:
                 continue
             t = tres.get(key(r), {})
             if "error" in r:
-                lines.append(f"| {r['sched']} | not run: {r['error']} | | | | | | | |")
+                lines.append(f"| {r['sched']} | not run: {r['error']} | | | | | | | | |")
                 continue
             tms = t.get("ms")
             ratio = f"{r['ms'] / tms:.2f}" if tms else "n/a"
             tcell = f"{tms:.2f}" if tms else t.get("error", "n/a")
             trange = f"{t['min_ms']:.2f}-{t['max_ms']:.2f}" if tms else ""
             tpeak = "/".join(map(str, t.get("peak_MiB", []))) if tms else ""
+            bub = f"{r['bubble']:.2f}" if r.get("bubble") is not None else "n/a"
             lines.append(f"| {r['sched']} | {r['ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f}"
-                         f" | {'/'.join(map(str, r['peak_MiB']))} | {tcell} | {trange} | "
-                         f"{tpeak} | {ratio} | {r['err']:.1e} |")
+                         f" | {'/'.join(map(str, r['peak_MiB']))} | {bub} | {tcell} | "
+                         f"{trange} | {tpeak} | {ratio} | {r['err']:.1e} |")
     return "\n".join(lines) + "\n"
+
+
+def scaling(args):
+    """pipec alone at several process counts: samples/s per GPU against the first count."""
+    counts = [int(c) for c in args.scaling.split(",")]
+    res = {}
+    for n in counts:
+        args.nproc = n
+        res[n] = {(r["config"], r["sched"]): r for r in run_side("pipec", args)
+                  if "ms" in r}
+    lines = [f"# pipec scaling over {', '.join(map(str, counts))} GPUs (one process each)", "",
+             "Samples/s per GPU = batch / step time / GPUs; relative to "
+             f"{counts[0]} GPUs. Bubble: mean over ranks of 1 - busy/step span (timeline).",
+             "", "| config | schedule | " +
+             " | ".join(f"{n} GPUs ms / bubble / rel" for n in counts) + " |",
+             "|---|---|" + "---|" * len(counts)]
+    for name in args.configs.split(","):
+        for sched in args.schedules.split(","):
+            base = res[counts[0]].get((name, sched))
+            cells = []
+            for n in counts:
+                r = res[n].get((name, sched))
+                if not r:
+                    cells.append("n/a")
+                    continue
+                tput = CONFIGS[name]["batch"] / r["ms"] / n
+                rel = tput / (CONFIGS[name]["batch"] / base["ms"] / counts[0]) if base else 0
+                bub = f"{r['bubble']:.2f}" if r.get("bubble") is not None else "n/a"
+                cells.append(f"{r['ms']:.1f} / {bub} / {rel:.2f}")
+            lines.append(f"| {name} | {sched} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
 
 
 def main():
@@ -332,11 +389,16 @@ def main():
     ap.add_argument("--sides", default="pipec,torch")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", choices=["pipec", "torch"], default=None)
+    ap.add_argument("--scaling", default=None,
+                    help="comma-separated process counts (e.g. 2,4,8): pipec's throughput "
+                         "per GPU at each, relative to the first")
     args = ap.parse_args()
     if args.worker == "pipec":
         return pipec_worker(args)
     if args.worker == "torch":
         return torch_worker(args)
+    if args.scaling:
+        return scaling(args)
     sides = args.sides.split(",")
     pres = run_side("pipec", args) if "pipec" in sides else []
     tres = []
