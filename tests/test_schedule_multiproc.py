@@ -508,7 +508,15 @@ def case_zoo(model_name, schedule, n):
     n = int(n)
     n_stages, mapping = _placement(schedule, world)
     mine = [s for s in range(n_stages) if mapping[s] == rank]
-    make = {"MultiMLP": ts.new_multimlp, "ExampleCode": ts.new_example_code}[model_name]
+    def skip_model(n_stages, dev):
+        from model_registry import SkipConnections
+        assert n_stages == 4
+        import pipec
+        pipec.manual_seed(3)
+        return SkipConnections(ts.D_HID).to(dev)
+
+    make = {"MultiMLP": ts.new_multimlp, "ExampleCode": ts.new_example_code,
+            "SkipConnections": skip_model}[model_name]
     model = make(n_stages, DEV)
     ref = copy.deepcopy(model)
     x0, _ = _data(0, 2 * n, ts.D_HID, "float", ts.D_HID)
@@ -543,15 +551,20 @@ def test_schedule_numerics_multiprocess(schedule, world, n, frontend, loss):
     _assert_ok(res, world)
 
 
-if __name__ == "__main__":
-    case = sys.argv[1]
-    globals()[case](*sys.argv[2:])
-
 
 @pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_example_code(schedule, world):
     res, _ = _launch(world, "case_zoo", "ExampleCode", schedule, 4 if world == 2 else 8)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule,world", [("ZBVZeroBubble", 2), ("DualPipeV", 2),
+                                            ("Interleaved1F1B", 2), ("1F1B", 4)])
+def test_skip_connections_across_processes(schedule, world):
+    """Stage 1's output also feeds stage 3 on another process (with V placement, stage 2
+    sits on stage 1's rank, so no SEND_F action carries it)."""
+    res, _ = _launch(world, "case_zoo", "SkipConnections", schedule, 4)
     _assert_ok(res, world)
 
 
@@ -600,6 +613,76 @@ def test_custom_schedules(name):
 def test_pipelines_in_subgroups():
     res, _ = _launch(4, "case_subgroups")
     _assert_ok(res, 4)
+
+
+def case_failed_step_breaks_pipeline():
+    """After a step fails on some rank (its loss_fn raises once, caught), every later step
+    of that pipeline raises instead of pairing stale messages with new ones."""
+    import pipec
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, ScheduleGPipe
+    rank, world = _setup(timeout=10)
+    model = ts.new_multimlp(2, DEV)
+    stage = PipelineStage(model.layers[rank], rank, 2, DEV)
+    calls = [0]
+
+    def loss_fn(out, target):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise ValueError("boom")
+        return ts.mse_sum(out, target)
+
+    sched = ScheduleGPipe(stage, 4, loss_fn=loss_fn)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    errors = []
+    for _ in range(2):
+        try:
+            with pipec.no_grad():
+                sched.eval(*((x,) if rank == 0 else ()), **({"target": t} if rank == 1 else {}))
+        except Exception as e:  # noqa: BLE001 - recorded and checked below
+            errors.append(e)
+    import pipec.distributed as dist
+    dist.barrier()  # rank 0's second step sends into rank 1's mailbox: keep rank 1 alive
+    if rank == 1:
+        assert "boom" in str(errors[0]) and "earlier step" in str(errors[1]), errors
+    else:  # rank 0 only sends in eval: its first step succeeded
+        assert not errors, errors
+    print(f"OK broken rank {rank}", flush=True)
+
+
+def case_skip_refused_on_nccl():
+    """On NCCL a value that skips stages across processes is refused at set-up with a clear
+    error (NCCL matches by order, and the lowered orders only order consecutive stages)."""
+    import test_schedules as ts
+    from model_registry import SkipConnections
+    from pipec.pipelining import ScheduleZBVZeroBubble, pipeline
+    import pipec
+    rank, world = _setup()
+    pipec.manual_seed(3)
+    model = SkipConnections(ts.D_HID).to(DEV)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    pipe = pipeline(model, (pipe_chunk(x, 4),))
+    mine = [rank, 3 - rank]
+    sched = ScheduleZBVZeroBubble([pipe.build_stage(s, DEV) for s in mine], 4,
+                                  loss_fn=ts.mse_sum)
+    try:
+        sched.step(*((x,) if rank == 0 else ()), **({"target": t} if rank == 0 else {}))
+    except NotImplementedError as e:
+        assert "skip connection" in str(e), str(e)
+        print(f"OK refused rank {rank}", flush=True)
+        return
+    raise AssertionError("a skip connection across processes ran over NCCL")
+
+
+@pytest.mark.multigpu
+def test_skip_connection_refused_on_nccl():
+    res, _ = _launch(2, "case_skip_refused_on_nccl", backend="nccl")
+    _assert_ok(res, 2)
+
+
+def test_failed_step_breaks_the_pipeline():
+    res, _ = _launch(2, "case_failed_step_breaks_pipeline")
+    _assert_ok(res, 2)
 
 
 def test_shape_and_dtype_mismatch():
@@ -692,3 +775,8 @@ def test_readme_example_runs():
     assert res.returncode == 0, res.stdout + res.stderr
     losses = [float(ln.rsplit(" ", 1)[1]) for ln in res.stdout.splitlines() if "loss" in ln]
     assert len(losses) == 2 and losses[-1] < losses[0], res.stdout
+
+
+if __name__ == "__main__":
+    case = sys.argv[1]
+    globals()[case](*sys.argv[2:])

@@ -816,3 +816,33 @@ def test_unknown_schedule_name_in_local_pipeline():
     _, pipe, _ = _small_pipe(2, 4)
     with pytest.raises(ValueError, match="NoSuchSchedule"):
         LocalPipeline(pipe, "NoSuchSchedule", 4, ["cpu"] * 2, loss_fn=mse_sum)
+
+
+# ---- skip connections across ranks ----
+
+@pytest.mark.parametrize("schedule,ranks", [("ZBVZeroBubble", 2), ("DualPipeV", 2),
+                                            ("1F1B", 4), ("GPipe", 4),
+                                            ("Interleaved1F1B", 2)])
+def test_skip_connections_across_ranks(schedule, ranks):
+    """SkipConnections: stage 1's output feeds stage 3 as well. With the V placement (rank 0:
+    stages 0 and 3, rank 1: 1 and 2) that edge crosses ranks while stage 2 is on stage 1's
+    rank, so the lowered order has no SEND_F for stage 1: the runtime must move such values
+    when they are made (and their gradients when the consumer's backward is done)."""
+    from model_registry import SkipConnections
+    n = 4
+    pipec.manual_seed(3)
+    model = SkipConnections(D_HID)
+    ref = copy.deepcopy(model)
+    x = pipec.randn(BATCH, D_HID)
+    y = pipec.randn(BATCH, D_HID)
+    pipe = pipeline(model, (pipec.tensor_split(x, n, 0)[0],))
+    assert pipe.num_stages == 4
+    lp = LocalPipeline(pipe, schedule, n, ["cpu"] * ranks, loss_fn=mse_sum, scale_grads=False,
+                       timeout=20)
+    losses = []
+    out = lp.step(x, target=y, losses=losses)
+    ref_out, ref_losses = ref_step(ref, [x], y, n, mse_sum)
+    what = f"SkipConnections {schedule} ranks={ranks}"
+    assert_close(out, ref_out, f"{what}: output")
+    assert_losses(losses, ref_losses, what)
+    assert_grads(pipe_modules(pipe), ref, 1.0, what)

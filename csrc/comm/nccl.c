@@ -24,6 +24,7 @@
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,8 @@ typedef struct NcclComm {
     ncclComm_t comm;
     int device;
     void *stream;     /* the context's comm stream 0 (borrowed) */
-    int aborted;
+    atomic_int aborted; /* set once (atomic exchange) by whoever aborts first; c->comm stays
+                           valid until destroy, so other threads may still query it */
 } NcclComm;
 
 #define NC(c) ((NcclComm *)(c))
@@ -88,7 +90,10 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
     long sleep_ns = 2000;
     for (;;) {
         cudaError_t ce = cudaStreamQuery((cudaStream_t)stream);
-        if (ce == cudaSuccess) return PC_OK;
+        if (ce == cudaSuccess)
+            return atomic_load(&c->aborted)
+                       ? pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", what)
+                       : PC_OK;
         if (ce != cudaErrorNotReady)
             return pc_set_error(PC_ERR_CUDA, "nccl %s: %s", what, cudaGetErrorString(ce));
         ncclResult_t async = ncclSuccess;
@@ -112,7 +117,8 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
 }
 
 static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
-    if (c->aborted) return pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", op);
+    if (atomic_load(&c->aborted))
+        return pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", op);
     if (t->device.type != PC_CUDA || t->device.index != c->device)
         return pc_set_error(PC_ERR_DEVICE, "nccl %s: tensor is not on cuda:%d", op, c->device);
     if (!pc_tensor_is_contiguous(t))
@@ -184,13 +190,14 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     if (st == PC_OK) st = pc_cuda_current_stream(c->device, &cur);
     /* the buffer was allocated on the current stream: the transfer must follow that */
     if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
+    if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
     if (st == PC_OK) {
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
                                    c->comm, (cudaStream_t)c->stream);
         if (nr != ncclSuccess) st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
+        else if ((st = pc_cuda_event_record(r->event, c->stream)) != PC_OK)
+            nc_abort(cm); /* a queued receive nobody waits for would misalign the peer */
     }
-    if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
-    if (st == PC_OK) st = pc_cuda_event_record(r->event, c->stream);
     if (st != PC_OK) {
         nc_recv_drop(cm, r);
         return st;
@@ -327,8 +334,13 @@ static PcStatus nc_barrier(PcComm *cm) {
 /* Everything queued on the comm stream has finished (end of a pipeline step). */
 static PcStatus nc_wait_idle(PcComm *cm) {
     NcclComm *c = NC(cm);
-    if (c->aborted) return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted");
-    return nc_sync(c, c->stream, "transfers of this step");
+    if (atomic_load(&c->aborted))
+        return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted");
+    PC_TRY(nc_sync(c, c->stream, "transfers of this step"));
+    /* an abort from another thread ends NCCL's kernels too: the stream then looks done */
+    if (atomic_load(&c->aborted))
+        return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted during the step");
+    return PC_OK;
 }
 
 /* A tiny grouped send/recv with every peer: NCCL connects point-to-point channels lazily,
@@ -356,16 +368,14 @@ static PcStatus nc_connect_peers(NcclComm *c) {
 
 static void nc_abort(PcComm *cm) {
     NcclComm *c = NC(cm);
-    if (c->aborted || !c->comm) return;
-    c->aborted = 1;
+    if (!c->comm || atomic_exchange(&c->aborted, 1)) return;
     ncclCommAbort(c->comm);
-    c->comm = NULL;
 }
 
 static void nc_destroy(PcComm *cm) {
     NcclComm *c = NC(cm);
     if (!c) return;
-    if (c->comm && !c->aborted) ncclCommDestroy(c->comm);
+    if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);
     c->comm = NULL;
     free(c);
 }

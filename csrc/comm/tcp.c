@@ -142,11 +142,19 @@ static void deadline_ts(double deadline, struct timespec *ts) {
     }
 }
 
+/* A message's tag for error messages; the pipeline runtime's tags ([2^61, 2^62), see
+ * csrc/runtime/runtime.c xfer_tag) are spelled out. */
 static void tag_str(int kind, uint64_t tag, char *buf, size_t n) {
-    if (kind == KIND_P2P)
-        snprintf(buf, n, " (tag %llu)", (unsigned long long)tag);
-    else
+    if (kind != KIND_P2P) {
         buf[0] = '\0';
+    } else if ((tag >> 61) == 1) {
+        snprintf(buf, n, " (pipeline %s for stage %u input %u, microbatch %u, step %u mod 65536)",
+                 (tag >> 60) & 1 ? "gradient" : "activation", (unsigned)((tag >> 32) & 0xfff),
+                 (unsigned)((tag >> 20) & 0xfff), (unsigned)(tag & 0xfffff),
+                 (unsigned)((tag >> 44) & 0xffff));
+    } else {
+        snprintf(buf, n, " (tag %llu)", (unsigned long long)tag);
+    }
 }
 
 static void header_pack(unsigned char *h, int kind, int src, uint32_t seq, uint64_t tag,
@@ -174,7 +182,7 @@ static void deliver_locked(PcTcpComm *c, int p, TcpPost *post, TcpMsg *m) {
         m->data = NULL;
         post->st = PC_OK;
     } else if (m->n != post->cap) {
-        char ts[48];
+        char ts[112];
         tag_str(post->kind, post->tag, ts, sizeof ts);
         post->st = PC_ERR_COMM;
         snprintf(post->err, sizeof post->err,
@@ -251,7 +259,7 @@ static void comm_fail_locked(PcTcpComm *c, int p, const char *why) {
 /* Can an operation with peer p start? PC_OK or the error (message set). Under mu. */
 static PcStatus usable_locked(PcTcpComm *c, int p, const char *op, int kind, uint64_t tag,
                               bool sending) {
-    char ts[48];
+    char ts[112];
     tag_str(kind, tag, ts, sizeof ts);
     const char *dir = sending ? "to" : "from";
     if (atomic_load(&c->aborted))
@@ -583,7 +591,7 @@ static PcStatus frame_send(PcTcpComm *c, int p, int kind, uint64_t tag, const vo
     int me = c->base.rank;
     if (p == me && kind != KIND_BYE) return self_deliver(c, kind, tag, buf, n);
     TcpPeer *pe = &c->peers[p];
-    char ts[48];
+    char ts[112];
     tag_str(kind, tag, ts, sizeof ts);
     pthread_mutex_lock(&c->mu);
     PcStatus st = kind == KIND_BYE ? PC_OK : usable_locked(c, p, op, kind, tag, true);
@@ -707,7 +715,7 @@ static PcStatus mailbox_recv(PcTcpComm *c, int p, int kind, uint64_t tag, void *
     post.buf = buf;
     post.cap = cap;
     post.any_size = any_size;
-    char ts[48];
+    char ts[112];
     tag_str(kind, tag, ts, sizeof ts);
     struct timespec dl;
     deadline_ts(deadline, &dl);

@@ -84,6 +84,10 @@ struct PcRuntime {
 
 static MbState *MB(PcRuntime *rt, int stage, int mb) { return &rt->mb[stage * rt->n_mb + mb]; }
 
+/* Limits of the message tags of multi-process mode (see xfer_tag). */
+#define TAG_MAX_STAGES 4096
+#define TAG_MAX_MB (1 << 20)
+
 /* In multi-process mode: whether `stage` runs in another process. */
 static bool is_foreign(const PcRuntime *rt, int stage) {
     return rt->comm && rt->st[stage].d.rank != rt->my_rank;
@@ -302,6 +306,13 @@ PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank) {
              PC_ERR_NOTIMPL, "runtime: the %s communicator cannot post receives",
              comm->ops->name);
     PC_CHECK(!rt->comm, PC_ERR_RUNTIME, "runtime: a communicator is already set");
+    PC_CHECK(rt->n_stages <= TAG_MAX_STAGES && rt->n_mb <= TAG_MAX_MB, PC_ERR_INVALID,
+             "runtime: multi-process pipelines hold at most %d stages and %d microbatches "
+             "(got %d, %d)", TAG_MAX_STAGES, TAG_MAX_MB, rt->n_stages, rt->n_mb);
+    for (int s = 0; s < rt->n_stages; s++)
+        PC_CHECK(rt->st[s].d.n_in <= TAG_MAX_STAGES, PC_ERR_INVALID,
+                 "runtime: stage %d has %d inputs (at most %d across processes)", s,
+                 rt->st[s].d.n_in, TAG_MAX_STAGES);
     for (int s = 0; s < rt->n_stages; s++) {
         RtStage *st = &rt->st[s];
         PC_CHECK(st->d.rank >= 0 && st->d.rank < comm->world, PC_ERR_INVALID,
@@ -419,17 +430,27 @@ static bool grads_ready(PcRuntime *rt, int s, int m) {
 
 /* ---- transfers (mutex held by caller where noted) ---- */
 
-/* Deliver output o of stage s, microbatch m, to consumers on ranks selected by `remote`
- * (true: other ranks, false: the same rank as s). */
-static void deliver_forward(PcRuntime *rt, int s, int m, bool remote) {
+/* Kinds of producer -> consumer edges. The lowering adds SEND/RECV actions only for a stage
+ * and the next one (a chain); values between stages further apart on different ranks (skip
+ * connections) have no action of their own and move when they are made (forward) or when
+ * the consumer's backward is done (gradients). */
+enum { XF_LOCAL = 1, XF_ADJ = 2, XF_SKIP = 4 };
+
+static int edge_kind(const PcRuntime *rt, int producer, int consumer) {
+    if (rt->st[producer].d.rank == rt->st[consumer].d.rank) return XF_LOCAL;
+    return consumer == producer + 1 ? XF_ADJ : XF_SKIP;
+}
+
+/* Deliver the outputs of stage s, microbatch m, to the consumers whose edge kind is in
+ * `kinds`. */
+static void deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
     pthread_mutex_lock(&rt->mu);
     for (int o = 0; o < st->d.n_out; o++) {
         for (int c = 0; c < st->n_cons[o]; c++) {
             Consumer cn = st->cons[o][c];
-            bool is_remote = rt->st[cn.stage].d.rank != st->d.rank;
-            if (is_remote != remote) continue;
+            if (!(edge_kind(rt, s, cn.stage) & kinds)) continue;
             MbState *y = MB(rt, cn.stage, m);
             if (y->in[cn.input]) continue; /* already delivered */
             pc_tensor_incref(x->out[o]);
@@ -442,8 +463,9 @@ static void deliver_forward(PcRuntime *rt, int s, int m, bool remote) {
     pthread_mutex_unlock(&rt->mu);
 }
 
-/* Send input gradients of stage s, microbatch m, to producers (remote or local). */
-static PcStatus deliver_backward(PcRuntime *rt, int s, int m, bool remote) {
+/* Send input gradients of stage s, microbatch m, to the producers whose edge kind is in
+ * `kinds`. */
+static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
     PcStatus status = PC_OK;
@@ -451,8 +473,7 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, bool remote) {
     for (int k = 0; k < st->d.n_in && status == PC_OK; k++) {
         PcStageInput src = st->in[k];
         if (src.src_stage < 0) continue;
-        bool is_remote = rt->st[src.src_stage].d.rank != st->d.rank;
-        if (is_remote != remote) continue;
+        if (!(edge_kind(rt, src.src_stage, s) & kinds)) continue;
         MbState *p = MB(rt, src.src_stage, m);
         if (p->gout_missing[src.src_idx] <= 0) continue;
         PcTensor *g = x->gin[k];
@@ -487,12 +508,13 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, bool remote) {
 /* ---- transfers between processes (multi-process mode; one rank thread, no mutex needed
  * for this rank's own stages except around counters that wait_for reads) ---- */
 
-/* Tag of a value: direction (0 forward, 1 gradient), step, consumer stage and input,
- * microbatch. Bit 61 keeps runtime tags apart from user point-to-point tags. */
+/* Tag of a value: bit 61 (runtime; user point-to-point tags are below 2^61), direction
+ * (bit 60: 0 forward, 1 gradient), step (16 bits), consumer stage (12), its input (12),
+ * microbatch (20). set_comm refuses pipelines that do not fit. */
 static uint64_t xfer_tag(const PcRuntime *rt, int bwd, int stage, int input, int mb) {
-    return ((uint64_t)1 << 61) | ((uint64_t)bwd << 60) | ((uint64_t)(rt->step & 0xffu) << 52) |
-           ((uint64_t)(stage & 0xfff) << 40) | ((uint64_t)(input & 0xfff) << 28) |
-           (uint64_t)(mb & 0xfffffff);
+    return ((uint64_t)1 << 61) | ((uint64_t)bwd << 60) | ((uint64_t)(rt->step & 0xffffu) << 44) |
+           ((uint64_t)(stage & 0xfff) << 32) | ((uint64_t)(input & 0xfff) << 20) |
+           (uint64_t)(mb & 0xfffff);
 }
 
 static bool meta_wants_grad(const PcRuntime *rt, const PcValueMeta *m) {
@@ -526,17 +548,24 @@ static PcStatus send_value(PcRuntime *rt, PcTensor *t, int peer, uint64_t tag) {
     return st;
 }
 
-/* SEND_F: outputs of stage s to their consumers on other ranks. */
-static PcStatus send_forward(PcRuntime *rt, int s, int m) {
+/* Outputs of stage s to their consumers on other ranks whose edge kind is in `kinds`
+ * (SEND_F: the next stage; the forward itself: skip connections). */
+static PcStatus send_forward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
     for (int o = 0; o < st->d.n_out; o++) {
         for (int c = 0; c < st->n_cons[o]; c++) {
             Consumer cn = st->cons[o][c];
-            if (!is_foreign(rt, cn.stage)) continue;
+            if (!(edge_kind(rt, s, cn.stage) & kinds)) continue;
             char what[48];
             snprintf(what, sizeof what, "output %d", o);
             PC_TRY(check_meta(x->out[o], &st->out_meta[o], s, m, what));
+            if (rt->training && x->out[o]->requires_grad && !st->out_meta[o].requires_grad)
+                return pc_set_error(PC_ERR_RUNTIME,
+                                    "stage %d output %d now requires grad, but did not when "
+                                    "the pipeline was set up (shape inference at the first "
+                                    "step): its gradient would be lost; build a new schedule "
+                                    "after changing requires_grad", s, o);
             PC_TRY(send_value(rt, x->out[o], rt->st[cn.stage].d.rank,
                               xfer_tag(rt, 0, cn.stage, cn.input, m)));
         }
@@ -585,15 +614,16 @@ static PcStatus wait_inputs(PcRuntime *rt, int s, int m) {
     return PC_OK;
 }
 
-/* SEND_B: input gradients of stage s to producers on other ranks. The producer expects one
- * message per consumer input whose value requires grad: an input whose gradient is absent
- * (not on the loss's path) sends zeros. */
-static PcStatus send_backward(PcRuntime *rt, int s, int m) {
+/* Input gradients of stage s to producers on other ranks whose edge kind is in `kinds`
+ * (SEND_B: the previous stage; the backward itself: skip connections). The producer
+ * expects one message per consumer input whose value requires grad: an input whose
+ * gradient is absent (not on the loss's path) sends zeros. */
+static PcStatus send_backward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
     for (int k = 0; k < st->d.n_in; k++) {
         int src = st->in[k].src_stage;
-        if (src < 0 || !is_foreign(rt, src)) continue;
+        if (src < 0 || !(edge_kind(rt, src, s) & kinds)) continue;
         PcTensor *g = x->gin[k];
         x->gin[k] = NULL;
         const PcValueMeta *mt = &st->in_meta[k];
@@ -629,9 +659,14 @@ static PcStatus post_grads(PcRuntime *rt, int s, int m) {
             const PcValueMeta *mt = &st->out_meta[o];
             if (meta_wants_grad(rt, mt)) {
                 PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, st->d.device, &x->g_buf[e]));
-                PC_TRY(rt->comm->ops->recv_post(rt->comm, rt->st[cn.stage].d.rank,
-                                                xfer_tag(rt, 1, cn.stage, cn.input, m),
-                                                x->g_buf[e], &x->g_req[e]));
+                PcStatus status = rt->comm->ops->recv_post(
+                    rt->comm, rt->st[cn.stage].d.rank, xfer_tag(rt, 1, cn.stage, cn.input, m),
+                    x->g_buf[e], &x->g_req[e]);
+                if (status != PC_OK) { /* never read a buffer nothing was received into */
+                    pc_tensor_decref(x->g_buf[e]);
+                    x->g_buf[e] = NULL;
+                    return status;
+                }
             }
             e++;
         }
@@ -734,7 +769,8 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     }
     if (status != PC_OK) goto out;
     x->fwd_done = true;
-    deliver_forward(rt, s, m, false);
+    if (rt->comm) status = send_forward(rt, s, m, XF_SKIP);
+    deliver_forward(rt, s, m, rt->comm ? XF_LOCAL : XF_LOCAL | XF_SKIP);
 out:
     for (int k = 0; k < st->d.n_in; k++) pc_tensor_decref(leaves[k]);
     free(leaves);
@@ -800,7 +836,11 @@ static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
     }
     for (int i = 0; i < n_grad_in; i++) x->gin[in_pos[i]] = res[i];
     x->bwd_done = true;
-    return deliver_backward(rt, s, m, false);
+    if (rt->comm) {
+        PC_TRY(send_backward(rt, s, m, XF_SKIP));
+        return deliver_backward(rt, s, m, XF_LOCAL);
+    }
+    return deliver_backward(rt, s, m, XF_LOCAL | XF_SKIP);
 }
 
 static PcStatus do_backward_weight(PcRuntime *rt, int s, int m) {
@@ -846,8 +886,8 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
         if (!MB(rt, s, m)->fwd_done)
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_F of stage %d microbatch "
                                                 "%d before its forward", s, m);
-        if (rt->comm) return send_forward(rt, s, m);
-        deliver_forward(rt, s, m, true);
+        if (rt->comm) return send_forward(rt, s, m, XF_ADJ);
+        deliver_forward(rt, s, m, XF_ADJ);
         return PC_OK;
     case PC_ACT_RECV_F:
     case PC_ACT_RECV_B:
@@ -860,8 +900,8 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
         if (!MB(rt, s, m)->bwd_done)
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_B of stage %d microbatch "
                                                 "%d before its backward", s, m);
-        if (rt->comm) return send_backward(rt, s, m);
-        return deliver_backward(rt, s, m, true);
+        if (rt->comm) return send_backward(rt, s, m, XF_ADJ);
+        return deliver_backward(rt, s, m, XF_ADJ);
     default: break;
     }
     return pc_set_error(PC_ERR_INVALID, "runtime: unsupported action type %s",
@@ -1002,6 +1042,8 @@ static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
 
 PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions) {
     PcStatus status = PC_OK;
+    PC_CHECK(!rt->comm || rank == rt->my_rank, PC_ERR_INVALID,
+             "runtime: this process runs rank %d, not %d", rt->my_rank, rank);
     GpuTimer gt;
     gpu_timer_start(rt, rank, &gt);
     for (int i = 0; i < actions->len && status == PC_OK; i++) {
@@ -1047,7 +1089,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", pc_last_error());
             if (!strstr(msg, "pipeline aborted"))
-                pc_set_error(status, "rank %d, action %s (step %d): %s", rank, txt, i, msg);
+                pc_set_error(status, "rank %d, action %s (#%d of its list): %s", rank, txt, i,
+                             msg);
         }
     }
     /* multi-process: the step ends when this rank's transfers have (the buffers they read
@@ -1068,6 +1111,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
 }
 
 PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action) {
+    PC_CHECK(!rt->comm || rank == rt->my_rank, PC_ERR_INVALID,
+             "run_builtin: this process runs rank %d, not %d", rt->my_rank, rank);
     PcActionSub leaves[PC_ACTION_MAX_SUB];
     int n = pc_action_leaves(action, leaves);
     for (int j = 0; j < n; j++) {

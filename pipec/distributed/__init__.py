@@ -16,7 +16,8 @@ or stops answering makes the others raise :class:`pipec.PipelineError` naming it
 
 Groups: :func:`new_group` (called by every rank, in the same order) gives a sub-group; its
 collectives run over the default communicator's point-to-point messages with tags at or above
-``2**62``, which are reserved (user tags must be below).
+``2**62``; the pipeline runtime's messages use ``[2**61, 2**62)``. User point-to-point tags
+must be below ``2**61``.
 """
 import atexit
 import datetime
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
-_TAG_LIMIT = 1 << 62          # user tags are below; group collectives use the range above
+_USER_TAG_LIMIT = 1 << 61     # user tags are below; [2**61, 2**62): the pipeline runtime
+_TAG_LIMIT = 1 << 62          # group collectives use the range from here up
 _GROUP_TAG_BITS = 40          # per group: 2**40 collective tags before they wrap
 
 
@@ -460,8 +462,9 @@ def get_group_rank(group, global_rank):
 # ---- communication ----
 
 def _check_tag(tag):
-    if not 0 <= tag < _TAG_LIMIT:
-        raise ValueError(f"tag must be in [0, 2**62), got {tag}")
+    if not 0 <= tag < _USER_TAG_LIMIT:
+        raise ValueError(f"tag must be in [0, 2**61), got {tag} (larger tags are reserved for "
+                         "the pipeline runtime and group collectives)")
 
 
 def _check_member(g, rank, what):

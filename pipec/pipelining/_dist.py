@@ -28,11 +28,12 @@ from ._runtime import _Executor, _pipe_sources
 
 Tensor = _C.Tensor
 
-# Tags at or above 2**61 belong to the pipeline runtime (csrc/runtime/runtime.c uses bit 61
-# with a direction, step, stage, input and microbatch); these two families sit where that
-# encoding cannot reach in practice (stage and input numbers of 4095).
-_TAG_BASE = (1 << 61) | (1 << 60) | (0xFF << 52) | (0xFFF << 40) | (0xFFF << 28)
-_FP_TAG = _TAG_BASE | (1 << 27)
+# Tags in [2**61, 2**62) belong to the pipeline runtime (csrc/runtime/runtime.c: bit 61,
+# then direction, step (16 bits), stage (12), input (12), microbatch (20)); these two
+# families use the gradient direction with every step, stage and input bit set, which the
+# runtime only reaches at step 65535 of a 4096-stage pipeline with 4096 inputs.
+_TAG_BASE = (1 << 61) | (1 << 60) | (0xFFFF << 44) | (0xFFF << 32) | (0xFFF << 20)
+_FP_TAG = _TAG_BASE | 0xFFFFF
 
 
 def _meta_tag(stage):
@@ -84,6 +85,7 @@ class _DistExecutor(_Executor):
         super().__init__(stages, stage_to_rank, orders, n_microbatches, loss_fn, scale_grads,
                          timeout=comm.timeout)
         self._model_in_meta = {}   # model input index -> meta (for the local stages)
+        self._broken = None        # why a failed step left the ranks out of step
 
     def _check_indices(self):
         pass  # only this rank's stages are here
@@ -101,7 +103,9 @@ class _DistExecutor(_Executor):
         mine = dict(self.fingerprint)
         mine["orders"] = hashlib.sha256(repr(sorted(self.orders.items())).encode()).hexdigest()
         data = pickle.dumps(mine)
-        # pairwise, lower rank first: safe on transports that match in posting order
+        problems = []
+        # pairwise, lower rank first: safe on transports that match in posting order; every
+        # pair exchanges before anyone raises, so all ranks fail together with the reason
         for peer in self.ranks:
             if peer == self.my_global:
                 continue
@@ -115,9 +119,11 @@ class _DistExecutor(_Executor):
                 if theirs.get(key) != mine[key]:
                     detail = "" if key == "orders" else f": {theirs.get(key)!r} there, " \
                                                         f"{mine[key]!r} here"
-                    raise _C.PipelineError(
-                        f"rank {peer} runs a different pipeline than rank {self.my_global}: "
-                        f"the {key} differs{detail}")
+                    problems.append(f"rank {peer} runs a different pipeline than rank "
+                                    f"{self.my_global}: the {key} differs{detail}")
+                    break
+        if problems:
+            raise _C.PipelineError("; ".join(problems))
 
     # -- step 2: shape inference; step 3: the C runtime --
 
@@ -128,6 +134,18 @@ class _DistExecutor(_Executor):
         pipe_srcs = None
         if any_stage._pipe_wiring is not None:
             pipe_srcs = _pipe_sources(any_stage._pipe_wiring[0], n)
+            if self.comm.backend == "nccl":
+                # NCCL matches messages by order, not tag, and the lowered orders only
+                # order values between a stage and the next one
+                for c, srcs in enumerate(pipe_srcs):
+                    for p, _ in srcs:
+                        if p >= 0 and p != c - 1 and self._peer(p) != self._peer(c):
+                            raise NotImplementedError(
+                                f"stage {c} reads an output of stage {p} on another rank "
+                                "(a skip connection across processes): the nccl backend "
+                                "moves only values between consecutive stages across "
+                                "ranks; pass the value through the stages in between, or "
+                                "use the tcp backend")
         meta_out, vals_out, in_metas = {}, {}, {}
 
         def outputs_meta(ps):
@@ -232,10 +250,25 @@ class _DistExecutor(_Executor):
                                      f"inputs need {i + 1}")
                 _check_value(ts[i], meta, f"microbatch {m} input {i}")
 
+    def run(self, *args, **kwargs):
+        if self._broken:
+            raise _C.PipelineError(
+                f"an earlier step of this pipeline failed ({self._broken}); the ranks' "
+                "messages are no longer in step: build new stages and a new schedule"
+                + (" in a new process group" if self.comm.backend == "nccl" else ""))
+        return super().run(*args, **kwargs)
+
     def _drive(self, errors):
         try:
             self._rt.run_rank(self.my_global, self.orders[self.my_pp])
         except BaseException as e:
+            msg = str(e)
+            self._broken = msg.splitlines()[0][:300] if msg else type(e).__name__
+            if self.comm.backend == "nccl":
+                self.comm.abort()  # receives still queued on the GPU would misalign
+            if isinstance(e, RuntimeError) and ("shape mismatch" in msg or
+                                                "dtype mismatch" in msg):
+                e = PipeliningShapeError(msg)
             errors[self.my_global] = e
 
     def _collect_outputs(self):

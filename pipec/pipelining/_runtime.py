@@ -150,9 +150,9 @@ class _Executor:
         # scale_grads divides only this step's gradients by n: the gradients accumulated by
         # earlier steps are set aside and added back unscaled (torch divides the whole
         # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
+        self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         held = self._hold_grads() if training and self.scale_grads and \
             self.n_microbatches > 1 else None
-        self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         errors = {}
         self._drive(errors)
         try:
@@ -380,6 +380,11 @@ class _PipelineSchedule:
         if name in self._custom_fns:
             import warnings
             warnings.warn(f"replacing the custom function registered for {name}")
+        if self._executor is not None and self._is_distributed() and \
+                self._executor._rt is not None:
+            # a rebuild would repeat the set-up exchanges on this rank only
+            raise RuntimeError("register_custom_function: in a multi-process pipeline, "
+                               "register custom functions before the first step")
         self._custom_fns[name] = custom_function
         if self._executor is not None:  # rebuilt with the new callbacks at the next step
             self._executor.custom_fns = dict(self._custom_fns)
