@@ -70,15 +70,20 @@ DEV = "cpu"  # this rank's device: cpu (tcp backend) or cuda:<local rank> (nccl)
 
 
 def _setup(timeout=60):
-    """Join the job: PIPEC_TEST_BACKEND=tcp (CPU processes, the default) or nccl (one GPU
-    per rank)."""
+    """Join the job: PIPEC_TEST_BACKEND=tcp (CPU processes, the default), nccl (one GPU per
+    rank) or tcp-cuda (stages on GPUs, shared round-robin, messages staged through the host
+    over TCP: runs on a single GPU)."""
     global DEV
     import pipec
     import pipec.distributed as dist
     backend = os.environ.get("PIPEC_TEST_BACKEND", "tcp")
-    if backend == "nccl":
-        DEV = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        pipec.cuda.set_device(int(DEV.split(":")[1]))
+    if backend in ("nccl", "tcp-cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "tcp-cuda":
+            local %= pipec.cuda.device_count()
+            backend = "tcp"
+        DEV = f"cuda:{local}"
+        pipec.cuda.set_device(local)
     dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
@@ -742,6 +747,28 @@ def test_ranks_that_disagree_are_refused(what):
         line = [ln for ln in res.stdout.splitlines() if ln.startswith(f"[rank{r}]: rank {r} refused")]
         assert line, res.stdout + res.stderr
         assert f"rank {other} runs a different pipeline" in line[0], line[0]
+
+
+# ---- GPU stages, messages over TCP through the host (runs on one GPU) ----
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedule_numerics_gpu_stages_over_tcp(schedule):
+    res, _ = _launch(2, "case_numerics", schedule, 8, "tracer", "mse_mean",
+                     backend="tcp-cuda")
+    _assert_ok(res, 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case,args", [
+    ("case_numerics", ("Interleaved1F1B", 8, "manual", "cross_entropy")),
+    ("case_kwargs", ("1F1B", 4)), ("case_custom_dw", ("ZBVZeroBubble", 4)),
+    ("case_eval", ("Interleaved1F1B", 4)), ("case_zoo", ("ExampleCode", "1F1B", 4)),
+    ("case_zoo", ("SkipConnections", "ZBVZeroBubble", 4)),
+    ("case_custom_schedule", ("DualPipeVCustomFns", 4)), ("case_shape_mismatch", ())])
+def test_ported_cases_gpu_stages_over_tcp(case, args):
+    res, _ = _launch(2, case, *args, backend="tcp-cuda")
+    _assert_ok(res, 2)
 
 
 # ---- the same over NCCL, one GPU per rank (2 GPUs) ----

@@ -11,7 +11,8 @@
  * in (backends buffer early arrivals), so schedules never deadlock on ordering. Sizes are
  * checked: a receive whose buffer size differs from the message is PC_ERR_COMM naming both.
  *
- * Tensors passed to send/recv are contiguous and live on the backend's device type.
+ * Tensors passed to send/recv are contiguous and live on the backend's device type (host
+ * memory for a host_memory backend: callers stage CUDA tensors through the host).
  */
 #ifndef PC_COMM_COMM_H
 #define PC_COMM_COMM_H
@@ -29,6 +30,9 @@ typedef struct PcComm PcComm;
 
 typedef struct PcCommOps {
     const char *name; /* "tcp", "nccl" */
+    /* true when transfers move host memory only (TCP): callers stage device tensors
+     * through the host */
+    bool host_memory;
     PcStatus (*send)(PcComm *c, int peer, uint64_t tag, const PcTensor *t);
     PcStatus (*recv)(PcComm *c, int peer, uint64_t tag, PcTensor *t);
     /* Split receive: recv_post starts receiving (peer, tag) into t and hands back a request;

@@ -1090,6 +1090,7 @@ static void tcp_destroy(PcComm *base) {
 
 static const PcCommOps tcp_ops = {
     .name = "tcp",
+    .host_memory = true,
     .send = tcp_send,
     .recv = tcp_recv,
     .recv_post = tcp_recv_post,

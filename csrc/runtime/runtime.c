@@ -540,9 +540,18 @@ static PcStatus check_meta(const PcTensor *t, const PcValueMeta *m, int s, int m
     return PC_OK;
 }
 
+/* Where receives land: the stage's device, or host memory for a host-only transport (TCP
+ * between processes whose stages are on GPUs), whence the consumer copies them. */
+static PcDevice recv_device(const PcRuntime *rt, PcDevice stage_dev) {
+    return rt->comm->ops->host_memory ? (PcDevice){PC_CPU, 0} : stage_dev;
+}
+
 static PcStatus send_value(PcRuntime *rt, PcTensor *t, int peer, uint64_t tag) {
     PcTensor *c;
-    PC_TRY(pc_op_contiguous(t, &c));
+    if (rt->comm->ops->host_memory && t->device.type != PC_CPU)
+        PC_TRY(pc_op_to(t, t->dtype, (PcDevice){PC_CPU, 0}, &c)); /* staged (and contiguous) */
+    else
+        PC_TRY(pc_op_contiguous(t, &c));
     PcStatus st = rt->comm->ops->send(rt->comm, peer, tag, c);
     pc_tensor_decref(c);
     return st;
@@ -584,7 +593,8 @@ static PcStatus post_inputs(PcRuntime *rt, int s, int m) {
         if (src < 0 || !is_foreign(rt, src)) continue;
         const PcValueMeta *mt = &st->in_meta[k];
         PcTensor *buf;
-        PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, st->d.device, &buf));
+        PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, recv_device(rt, st->d.device),
+                           &buf));
         PcStatus status = rt->comm->ops->recv_post(rt->comm, rt->st[src].d.rank,
                                                    xfer_tag(rt, 0, s, k, m), buf,
                                                    &x->in_req[k]);
@@ -658,7 +668,8 @@ static PcStatus post_grads(PcRuntime *rt, int s, int m) {
             if (!is_foreign(rt, cn.stage)) continue;
             const PcValueMeta *mt = &st->out_meta[o];
             if (meta_wants_grad(rt, mt)) {
-                PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, st->d.device, &x->g_buf[e]));
+                PC_TRY(pc_op_empty(mt->ndim, mt->shape, mt->dtype, recv_device(rt, st->d.device),
+                                   &x->g_buf[e]));
                 PcStatus status = rt->comm->ops->recv_post(
                     rt->comm, rt->st[cn.stage].d.rank, xfer_tag(rt, 1, cn.stage, cn.input, m),
                     x->g_buf[e], &x->g_req[e]);
@@ -691,8 +702,15 @@ static PcStatus wait_grads(PcRuntime *rt, int s, int m) {
             }
             /* g is NULL when no gradient travels on this edge (it does not require grad) */
             x->g_buf[ei] = NULL;
-            pthread_mutex_lock(&rt->mu);
             PcStatus status = PC_OK;
+            if (g && !pc_device_eq(g->device, st->d.device)) { /* staged through the host */
+                PcTensor *moved;
+                status = pc_op_to(g, g->dtype, st->d.device, &moved);
+                pc_tensor_decref(g);
+                PC_TRY(status);
+                g = moved;
+            }
+            pthread_mutex_lock(&rt->mu);
             if (g && x->gout[o]) {
                 PcTensor *sum;
                 status = pc_op_binary(PC_B_ADD, x->gout[o], g, 1.0, &sum);
