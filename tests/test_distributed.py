@@ -338,6 +338,8 @@ def test_single_process_group_in_process():
         dist.barrier()
         with pytest.raises(ValueError, match="tag"):
             dist.send(t, 0, tag=1 << 62)
+        with pytest.raises(ValueError, match="reserved for the pipeline runtime"):
+            dist.send(t, 0, tag=1 << 61)
         with pytest.raises(ValueError, match="dst rank 1"):
             dist.send(t, 1)
         with pytest.raises(NotImplementedError):
@@ -347,6 +349,34 @@ def test_single_process_group_in_process():
     assert not dist.is_initialized()
     with pytest.raises(ValueError, match="not been initialized"):
         dist.get_rank()
+
+
+@pytest.mark.cuda
+def test_nccl_group_of_one_process():
+    """The NCCL communicator in a world of one (what one GPU allows): creation with the
+    peer warm-up and the watchdog thread, all-reduce, broadcast of objects, barrier, many
+    watched transfers, and a clean destroy (the watchdog joins)."""
+    import pipec
+    import pipec.distributed as dist
+    port = _free_port()
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1, timeout=20)
+    try:
+        assert dist.get_backend() == "nccl"
+        t = pipec.ones(1 << 20, device="cuda:0")
+        for _ in range(50):
+            dist.all_reduce(t)
+        assert float(t.sum().item()) == float(1 << 20)
+        objs = [{"a": 1}]
+        dist.broadcast_object_list(objs, src=0)
+        assert objs == [{"a": 1}]
+        dist.barrier()
+        time.sleep(0.3)  # the watchdog looks every 100 ms and must leave a healthy group be
+        dist.all_reduce(t)
+        pipec.cuda.synchronize()
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized()
 
 
 def test_rendezvous_variables():

@@ -14,7 +14,13 @@
  *     are made then too (a grouped exchange), so the first pipeline step is not slow;
  *   - the host never waits on NCCL work without a deadline: nc_sync polls the stream, checks
  *     ncclCommGetAsyncError, and past the communicator's timeout aborts the communicator
- *     (ncclCommAbort), so a dead or silent peer becomes an error, not a hang.
+ *     (ncclCommAbort), so a dead or silent peer becomes an error, not a hang;
+ *   - a watchdog thread covers the waits that are not ours (a loss function reading a value,
+ *     a device-to-host copy, a full launch queue): after every enqueued transfer an event is
+ *     recorded on the comm stream; when it has not completed `timeout` after the last
+ *     enqueue (no progress), or NCCL reports an asynchronous error, the watchdog aborts the
+ *     communicator, which ends NCCL's kernels and so unblocks every stream waiting on them;
+ *     later operations then fail with the reason.
  * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
@@ -24,6 +30,7 @@
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +46,14 @@ typedef struct NcclComm {
     void *stream;     /* the context's comm stream 0 (borrowed) */
     atomic_int aborted; /* set once (atomic exchange) by whoever aborts first; c->comm stays
                            valid until destroy, so other threads may still query it */
+    char why[256];      /* why the watchdog aborted (written before it sets `aborted`) */
+    /* watchdog */
+    pthread_t wd;
+    bool wd_started, wd_stop;          /* wd_stop under wd_mu */
+    pthread_mutex_t wd_mu;
+    pthread_cond_t wd_cv;
+    void *wd_event;                    /* re-recorded on the comm stream after each enqueue */
+    atomic_llong wd_since_ns;          /* monotonic time of the last enqueue; 0: idle */
 } NcclComm;
 
 #define NC(c) ((NcclComm *)(c))
@@ -81,6 +96,11 @@ static double mono_now(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+static PcStatus aborted_error(NcclComm *c, const char *op) {
+    return pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted%s%s", op,
+                        c->why[0] ? ": " : "", c->why);
+}
+
 static void nc_abort(PcComm *cm);
 
 /* Wait until `stream`'s work is done, within the communicator's timeout. Polls with a short
@@ -91,9 +111,7 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
     for (;;) {
         cudaError_t ce = cudaStreamQuery((cudaStream_t)stream);
         if (ce == cudaSuccess)
-            return atomic_load(&c->aborted)
-                       ? pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", what)
-                       : PC_OK;
+            return atomic_load(&c->aborted) ? aborted_error(c, what) : PC_OK;
         if (ce != cudaErrorNotReady)
             return pc_set_error(PC_ERR_CUDA, "nccl %s: %s", what, cudaGetErrorString(ce));
         ncclResult_t async = ncclSuccess;
@@ -117,8 +135,7 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
 }
 
 static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
-    if (atomic_load(&c->aborted))
-        return pc_set_error(PC_ERR_COMM, "nccl %s: the communicator was aborted", op);
+    if (atomic_load(&c->aborted)) return aborted_error(c, op);
     if (t->device.type != PC_CUDA || t->device.index != c->device)
         return pc_set_error(PC_ERR_DEVICE, "nccl %s: tensor is not on cuda:%d", op, c->device);
     if (!pc_tensor_is_contiguous(t))
@@ -127,6 +144,86 @@ static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
 }
 
 /* ---- point to point ---- */
+
+/* After enqueueing NCCL work: what the watchdog watches (see the header). */
+static void wd_note(NcclComm *c) {
+    if (!c->wd_event) return;
+    if (pc_cuda_event_record(c->wd_event, c->stream) != PC_OK) {
+        pc_clear_error(); /* only the watchdog's view of this transfer is lost */
+        return;
+    }
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    atomic_store(&c->wd_since_ns, (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+}
+
+static void *wd_main(void *arg) {
+    NcclComm *c = arg;
+    if (cudaSetDevice(c->device) != cudaSuccess) return NULL;
+    pthread_mutex_lock(&c->wd_mu);
+    while (!c->wd_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100000000L; /* look every 100 ms */
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&c->wd_cv, &c->wd_mu, &ts);
+        if (c->wd_stop || atomic_load(&c->aborted)) continue;
+        long long since = atomic_load(&c->wd_since_ns);
+        if (!since) continue;
+        cudaError_t q = cudaEventQuery((cudaEvent_t)c->wd_event);
+        if (q == cudaSuccess) {
+            atomic_compare_exchange_strong(&c->wd_since_ns, &since, 0);
+            continue;
+        }
+        if (q != cudaErrorNotReady) { /* a CUDA error: the caller's own calls report it */
+            (void)cudaGetLastError();
+            continue;
+        }
+        ncclResult_t async = ncclSuccess;
+        bool failed = ncclCommGetAsyncError(c->comm, &async) == ncclSuccess &&
+                      async != ncclSuccess && async != ncclInProgress;
+        double idle = mono_now() - (double)since * 1e-9;
+        if (!failed && idle <= c->base.timeout_s) continue;
+        if (failed)
+            snprintf(c->why, sizeof c->why, "NCCL reported %s", ncclGetErrorString(async));
+        else
+            snprintf(c->why, sizeof c->why,
+                     "transfers made no progress for %.0f s (the timeout): a peer rank died "
+                     "or stopped answering", idle);
+        pthread_mutex_unlock(&c->wd_mu);
+        nc_abort(&c->base);
+        pthread_mutex_lock(&c->wd_mu);
+    }
+    pthread_mutex_unlock(&c->wd_mu);
+    return NULL;
+}
+
+static void wd_stop(NcclComm *c) {
+    if (c->wd_started) {
+        pthread_mutex_lock(&c->wd_mu);
+        c->wd_stop = true;
+        pthread_cond_signal(&c->wd_cv);
+        pthread_mutex_unlock(&c->wd_mu);
+        pthread_join(c->wd, NULL);
+        c->wd_started = false;
+    }
+    pc_cuda_event_destroy(c->wd_event);
+    c->wd_event = NULL;
+}
+
+static PcStatus wd_start(NcclComm *c) {
+    PC_TRY(pc_cuda_event_create(c->device, false, false, false, &c->wd_event));
+    if (pthread_create(&c->wd, NULL, wd_main, c) != 0) {
+        pc_cuda_event_destroy(c->wd_event);
+        c->wd_event = NULL;
+        return pc_set_error(PC_ERR_COMM, "nccl: could not start the watchdog thread");
+    }
+    c->wd_started = true;
+    return PC_OK;
+}
 
 static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     (void)tag;
@@ -139,6 +236,7 @@ static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     PC_NCCL_TRY(ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                          (cudaStream_t)c->stream));
+    wd_note(c);
     return pc_cuda_record_stream(c->device, t->storage->data, c->stream);
 }
 
@@ -153,6 +251,7 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     PC_NCCL_TRY(ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                          (cudaStream_t)c->stream));
+    wd_note(c);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -197,6 +296,8 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
         if (nr != ncclSuccess) st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
         else if ((st = pc_cuda_event_record(r->event, c->stream)) != PC_OK)
             nc_abort(cm); /* a queued receive nobody waits for would misalign the peer */
+        else
+            wd_note(c);
     }
     if (st != PC_OK) {
         nc_recv_drop(cm, r);
@@ -301,6 +402,7 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     void *p = pc_tensor_data(t);
     PC_NCCL_TRY(ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
                               (cudaStream_t)c->stream));
+    wd_note(c);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -334,12 +436,10 @@ static PcStatus nc_barrier(PcComm *cm) {
 /* Everything queued on the comm stream has finished (end of a pipeline step). */
 static PcStatus nc_wait_idle(PcComm *cm) {
     NcclComm *c = NC(cm);
-    if (atomic_load(&c->aborted))
-        return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted");
+    if (atomic_load(&c->aborted)) return aborted_error(c, "step");
     PC_TRY(nc_sync(c, c->stream, "transfers of this step"));
     /* an abort from another thread ends NCCL's kernels too: the stream then looks done */
-    if (atomic_load(&c->aborted))
-        return pc_set_error(PC_ERR_COMM, "nccl: the communicator was aborted during the step");
+    if (atomic_load(&c->aborted)) return aborted_error(c, "step");
     return PC_OK;
 }
 
@@ -375,8 +475,11 @@ static void nc_abort(PcComm *cm) {
 static void nc_destroy(PcComm *cm) {
     NcclComm *c = NC(cm);
     if (!c) return;
+    wd_stop(c);
     if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);
     c->comm = NULL;
+    pthread_mutex_destroy(&c->wd_mu);
+    pthread_cond_destroy(&c->wd_cv);
     free(c);
 }
 
@@ -425,20 +528,20 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
     c->base.world = world;
     c->base.timeout_s = timeout_s;
     c->device = device;
+    pthread_mutex_init(&c->wd_mu, NULL);
+    pthread_cond_init(&c->wd_cv, NULL);
     PcStatus st = pc_cuda_comm_stream(device, 0, &c->stream);
-    if (st != PC_OK) {
-        free(c);
-        return st;
-    }
-    ncclResult_t r = ncclCommInitRank(&c->comm, world, id, rank);
-    if (r != ncclSuccess) {
-        free(c);
-        return nccl_fail(r, "ncclCommInitRank", __FILE__, __LINE__);
+    ncclResult_t r = st == PC_OK ? ncclCommInitRank(&c->comm, world, id, rank) : ncclSuccess;
+    if (st != PC_OK || r != ncclSuccess) {
+        c->comm = NULL;
+        nc_destroy(&c->base);
+        return st != PC_OK ? st : nccl_fail(r, "ncclCommInitRank", __FILE__, __LINE__);
     }
     /* warm up the connections (collective and point-to-point), so the first pipeline step
      * is not slow */
     st = nc_barrier(&c->base);
     if (st == PC_OK) st = nc_connect_peers(c);
+    if (st == PC_OK) st = wd_start(c);
     if (st != PC_OK) {
         nc_destroy(&c->base);
         return st;
