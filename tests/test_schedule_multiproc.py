@@ -685,6 +685,32 @@ def test_skip_connection_refused_on_nccl():
     _assert_ok(res, 2)
 
 
+def case_missing_inputs():
+    """Rank 0 (stage 0) calls step() without the inputs: every rank raises a ValueError
+    naming rank 0 at the first step, none waits for a timeout."""
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B
+    rank, world = _setup(timeout=30)
+    model = ts.new_multimlp(world, DEV)
+    stage = PipelineStage(model.layers[rank], rank, world, DEV)
+    sched = Schedule1F1B(stage, 4, loss_fn=ts.mse_sum)
+    _, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    t0 = time.monotonic()
+    try:
+        sched.step(**({"target": t} if rank == world - 1 else {}))
+    except ValueError as e:
+        assert "rank 0 called step()/eval() without them" in str(e), str(e)
+        assert time.monotonic() - t0 < 10
+        print(f"OK missing inputs rank {rank}", flush=True)
+        return
+    raise AssertionError("a step without inputs ran")
+
+
+def test_missing_inputs_are_named_on_every_rank():
+    res, _ = _launch(2, "case_missing_inputs")
+    _assert_ok(res, 2)
+
+
 def test_failed_step_breaks_the_pipeline():
     res, _ = _launch(2, "case_failed_step_breaks_pipeline")
     _assert_ok(res, 2)

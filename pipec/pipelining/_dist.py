@@ -99,11 +99,14 @@ class _DistExecutor(_Executor):
 
     # -- step 1: every rank runs the same pipeline --
 
-    def _exchange_fingerprints(self):
+    def _exchange_fingerprints(self, n_inputs, input_stages):
+        """Compare pipelines with every other rank, and check that the ranks whose stages
+        read the model's inputs (input_stages) were given some (n_inputs here)."""
         mine = dict(self.fingerprint)
         mine["orders"] = hashlib.sha256(repr(sorted(self.orders.items())).encode()).hexdigest()
-        data = pickle.dumps(mine)
+        data = pickle.dumps((mine, n_inputs))
         problems = []
+        given = {self.my_global: n_inputs}
         # pairwise, lower rank first: safe on transports that match in posting order; every
         # pair exchanges before anyone raises, so all ranks fail together with the reason
         for peer in self.ranks:
@@ -111,9 +114,9 @@ class _DistExecutor(_Executor):
                 continue
             if self.my_global < peer:
                 self.comm.send_bytes(data, peer, _FP_TAG)
-                theirs = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
+                theirs, given[peer] = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
             else:
-                theirs = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
+                theirs, given[peer] = pickle.loads(self.comm.recv_bytes(peer, _FP_TAG))
                 self.comm.send_bytes(data, peer, _FP_TAG)
             for key in mine:
                 if theirs.get(key) != mine[key]:
@@ -124,16 +127,25 @@ class _DistExecutor(_Executor):
                     break
         if problems:
             raise _C.PipelineError("; ".join(problems))
+        for s in sorted(input_stages):
+            r = self._peer(s)
+            if not given.get(r):
+                raise ValueError(f"stage {s} takes the model's inputs, but rank {r} called "
+                                 "step()/eval() without them: pass the inputs on that rank")
 
     # -- step 2: shape inference; step 3: the C runtime --
 
     def _build(self, first_chunk):
-        self._exchange_fingerprints()
         n = self.num_stages
         any_stage = next(iter(self.local.values()))
         pipe_srcs = None
         if any_stage._pipe_wiring is not None:
             pipe_srcs = _pipe_sources(any_stage._pipe_wiring[0], n)
+            input_stages = {s for s, srcs in enumerate(pipe_srcs) if any(p < 0 for p, _ in srcs)}
+        else:
+            input_stages = {0}
+        self._exchange_fingerprints(len(first_chunk), input_stages)
+        if pipe_srcs is not None:
             if self.comm.backend == "nccl":
                 # NCCL matches messages by order, not tag, and the lowered orders only
                 # order values between a stage and the next one
