@@ -711,6 +711,48 @@ def test_missing_inputs_are_named_on_every_rank():
     _assert_ok(res, 2)
 
 
+def case_requires_grad_changed():
+    """Stage 0's parameters are frozen at the first step (so no gradient is expected for
+    its output) and unfrozen later: rank 0 refuses to send an output whose gradient would
+    be lost; rank 1 gets a PipelineError when rank 0 leaves, not wrong gradients."""
+    import pipec
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B
+    rank, world = _setup(timeout=10)
+    model = ts.new_multimlp(2, DEV)
+    stage = PipelineStage(model.layers[rank], rank, 2, DEV)
+    sched = Schedule1F1B(stage, 4, loss_fn=ts.mse_sum)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    args = (x,) if rank == 0 else ()
+    kw = {"target": t} if rank == 1 else {}
+    if rank == 0:
+        for p in model.layers[0].parameters():
+            p.requires_grad_(False)
+    sched.step(*args, **kw)
+    if rank == 0:
+        for p in model.layers[0].parameters():
+            p.requires_grad_(True)
+        try:
+            sched.step(*args, **kw)
+        except RuntimeError as e:
+            assert "now requires grad" in str(e), str(e)
+            print("OK refused rank 0", flush=True)
+            return
+        raise AssertionError("unfreezing went unnoticed")
+    try:
+        sched.step(*args, **kw)
+    except pipec.PipelineError as e:
+        print(f"OK rank 1 stopped: {str(e)[:80]}", flush=True)
+        return
+    raise AssertionError("rank 1 finished a step without rank 0")
+
+
+def test_requires_grad_change_is_refused():
+    out, _ = _spawn(2, "case_requires_grad_changed")
+    for r in (0, 1):
+        assert out[r][0] == 0 and "OK" in out[r][1], out[r][1] + out[r][2]
+
+
 def test_failed_step_breaks_the_pipeline():
     res, _ = _launch(2, "case_failed_step_breaks_pipeline")
     _assert_ok(res, 2)
