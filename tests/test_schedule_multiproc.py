@@ -96,6 +96,14 @@ def _placement(schedule, world):
     return n_stages, list(_C._sched_stage_to_rank(style, world, n_stages))
 
 
+def _join(schedule):
+    """Join the job and place the schedule's stages: (rank, world, n_stages, stage -> rank,
+    this rank's stages)."""
+    rank, world = _setup()
+    n_stages, mapping = _placement(schedule, world)
+    return rank, world, n_stages, mapping, [s for s in range(n_stages) if mapping[s] == rank]
+
+
 def _data(step, batch, d, target_kind, n_classes):
     """Inputs and targets of a step: the same on every rank (seeded)."""
     import pipec
@@ -152,10 +160,8 @@ def case_numerics(schedule, n, frontend, loss_name, steps="2"):
     stages; output, losses and gradients against the reference."""
     import test_schedules as ts
     from pipec.pipelining import PipelineStage
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n, steps = int(n), int(steps)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     loss_fn, scale_grads, tkind = ts.LOSSES[loss_name]
     model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
@@ -196,10 +202,8 @@ def case_kwargs(schedule, n):
     import pipec
     import test_schedules as ts
     from pipec.pipelining import pipeline
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n = int(n)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     model = ts.new_model_with_kwargs(n_stages, DEV)
     ref = copy.deepcopy(model)
     batch = 2 * n
@@ -229,10 +233,8 @@ def case_custom_dw(schedule, n):
     a dw_builder each; the dW runner runs once per microbatch and local stage."""
     import test_schedules as ts
     from pipec.pipelining import PipelineStage
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n = int(n)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     model = ts.new_multimlp_with_dw(n_stages, DEV)
     ref = copy.deepcopy(model)
     model.toggle()
@@ -262,10 +264,8 @@ def case_eval(schedule, n):
     import pipec
     import test_schedules as ts
     from pipec.pipelining import PipelineStage
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n = int(n)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
     stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
@@ -299,10 +299,8 @@ def case_multi_iter(schedule, n, iters):
     from one step into the next)."""
     import test_schedules as ts
     from pipec.pipelining import PipelineStage
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n, iters = int(n), int(iters)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     model = ts.new_multimlp(n_stages, DEV)
     ref = copy.deepcopy(model)
     stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
@@ -509,10 +507,8 @@ def case_zoo(model_name, schedule, n):
     ExampleCode (a constant that does not require grad crosses a stage boundary, so no
     gradient message may travel back for it)."""
     import test_schedules as ts
-    rank, world = _setup()
+    rank, world, n_stages, mapping, mine = _join(schedule)
     n = int(n)
-    n_stages, mapping = _placement(schedule, world)
-    mine = [s for s in range(n_stages) if mapping[s] == rank]
     def skip_model(n_stages, dev):
         from model_registry import SkipConnections
         assert n_stages == 4
