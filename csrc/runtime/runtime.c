@@ -521,21 +521,22 @@ static bool meta_wants_grad(const PcRuntime *rt, const PcValueMeta *m) {
     return rt->training && m->requires_grad && pc_dtype_is_float(m->dtype);
 }
 
-/* `t` (what stage s produced as `what`) against its metadata: a tensor of another shape or
- * dtype would not fit the peer's buffer. */
+/* `t` (what stage s produced as `what` number `idx`: "output" or "gradient of input")
+ * against its metadata: a tensor of another shape or dtype would not fit the peer's
+ * buffer. Runs on every send, so it formats nothing unless it fails. */
 static PcStatus check_meta(const PcTensor *t, const PcValueMeta *m, int s, int mb,
-                           const char *what) {
+                           const char *what, int idx) {
     char a[160], b[160];
     if (t->dtype != m->dtype)
-        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s: dtype mismatch: "
+        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s %d: dtype mismatch: "
                                             "expected %s (from shape inference), got %s",
-                            s, mb, what, pc_dtype_name(m->dtype), pc_dtype_name(t->dtype));
+                            s, mb, what, idx, pc_dtype_name(m->dtype), pc_dtype_name(t->dtype));
     bool same = t->ndim == m->ndim;
     for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == m->shape[d];
     if (!same)
-        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s: shape mismatch: "
+        return pc_set_error(PC_ERR_RUNTIME, "stage %d microbatch %d: %s %d: shape mismatch: "
                                             "expected %s (from shape inference), got %s",
-                            s, mb, what, pc_shape_str(m->ndim, m->shape, a, sizeof a),
+                            s, mb, what, idx, pc_shape_str(m->ndim, m->shape, a, sizeof a),
                             pc_shape_str(t->ndim, t->shape, b, sizeof b));
     return PC_OK;
 }
@@ -566,9 +567,7 @@ static PcStatus send_forward(PcRuntime *rt, int s, int m, int kinds) {
         for (int c = 0; c < st->n_cons[o]; c++) {
             Consumer cn = st->cons[o][c];
             if (!(edge_kind(rt, s, cn.stage) & kinds)) continue;
-            char what[48];
-            snprintf(what, sizeof what, "output %d", o);
-            PC_TRY(check_meta(x->out[o], &st->out_meta[o], s, m, what));
+            PC_TRY(check_meta(x->out[o], &st->out_meta[o], s, m, "output", o));
             if (rt->training && x->out[o]->requires_grad && !st->out_meta[o].requires_grad)
                 return pc_set_error(PC_ERR_RUNTIME,
                                     "stage %d output %d now requires grad, but did not when "
@@ -643,9 +642,7 @@ static PcStatus send_backward(PcRuntime *rt, int s, int m, int kinds) {
         }
         PcStatus status = PC_OK;
         if (!g) status = pc_op_full(mt->ndim, mt->shape, 0.0, mt->dtype, st->d.device, &g);
-        char what[48];
-        snprintf(what, sizeof what, "gradient of input %d", k);
-        if (status == PC_OK) status = check_meta(g, mt, s, m, what);
+        if (status == PC_OK) status = check_meta(g, mt, s, m, "gradient of input", k);
         if (status == PC_OK)
             status = send_value(rt, g, rt->st[src].d.rank, xfer_tag(rt, 1, s, k, m));
         pc_tensor_decref(g);

@@ -23,6 +23,7 @@ import hashlib
 import pickle
 
 from .. import _C
+from .._tensor import zeros
 from ..autograd import enable_grad
 from ._runtime import _Executor, _pipe_sources
 
@@ -53,6 +54,11 @@ def _meta_of(t):
 def _dtype(name):
     import pipec
     return getattr(pipec, name)
+
+
+def _c_metas(metas):
+    """Metas as the C runtime takes them: (dtype object, shape, requires_grad)."""
+    return [(_dtype(a), tuple(b), bool(c)) for a, b, c in metas]
 
 
 def _check_value(t, meta, what):
@@ -199,8 +205,7 @@ class _DistExecutor(_Executor):
                     m = meta_out[ps][pi]
                 else:
                     m = outputs_meta(ps)[pi]
-                    import pipec
-                    v = pipec.zeros(m[1], dtype=_dtype(m[0]), device=dev)
+                    v = zeros(m[1], dtype=_dtype(m[0]), device=dev)
                     if m[2]:
                         v.requires_grad_(True)
                 vals.append(v)
@@ -239,10 +244,9 @@ class _DistExecutor(_Executor):
                 desc.append((rank, "cpu", None, [], srcs, n_out))
                 continue
             prog = st._program
-            meta = lambda ms: [(_dtype(a), tuple(b), bool(c)) for a, b, c in ms]  # noqa: E731
             desc.append((rank, str(st.device), prog, list(st._externals()),
                          [tuple(x) for x in sources(s)], len(prog.output_slots),
-                         meta(in_metas[s]), meta(meta_out[s])))
+                         _c_metas(in_metas[s]), _c_metas(meta_out[s])))
             if st.dw_builder is not None:
                 dw[s] = (lambda b=st.dw_builder: (lambda mb: b()()))()
         self._rt = _C.Runtime(desc, self.n_microbatches,
