@@ -13,12 +13,13 @@ round trip of a 4-byte message, averaged over 200 round trips.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from _common import launch, report  # noqa: E402
 SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20,
          512 << 20]
 
@@ -94,22 +95,9 @@ def torch_worker(args):
 
 
 def run_side(side, args):
-    worker = [os.path.abspath(__file__), "--worker", side, "--device", args.device]
-    if side == "pipec":
-        cmd = [sys.executable, "-m", "pipec.run", "--nproc-per-node", "2"] + worker
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", "29601"] + worker
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    print("$ " + " ".join(cmd), flush=True)
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    sys.stdout.write(res.stdout[-4000:] + res.stderr[-4000:])
-    for line in res.stdout.splitlines():
-        body = line.split("]: ", 1)[1] if line.startswith("[rank") else line
-        if body.startswith("RESULT "):
-            return json.loads(body[len("RESULT "):])
-    return None
+    res = launch(side, 2, [os.path.abspath(__file__), "--worker", side, "--device",
+                           args.device], 29601)
+    return res[0] if res else None
 
 
 def main():
@@ -137,11 +125,7 @@ def main():
     pl = f"{p['lat_us']:.1f}" if p else "n/a"
     tl = f"{t['lat_us']:.1f}" if t else "n/a"
     lines += ["", f"Latency (half a ping-pong of 4 bytes): pipec {pl} us, torch {tl} us."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

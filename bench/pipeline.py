@@ -31,15 +31,7 @@ from pipec import nn  # noqa: E402
 from pipec.pipelining import LocalPipeline, pipeline  # noqa: E402
 from model_registry import MultiMLP  # noqa: E402
 
-CONFIGS = {
-    "small": dict(d_hid=1024, batch=256, n_mb=8, layers=8, dtype="float32"),
-    "large": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="float32"),
-    "large_bf16": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="bfloat16"),
-    "large_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=8, dtype="float32"),
-}
-SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
-             "ZBVZeroBubble", "DualPipeV"]
-MULTI = {"Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"}
+from _common import CONFIGS, MULTI, SCHEDULES  # noqa: E402
 
 
 def torch_baseline_table(path):

@@ -25,27 +25,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 
-CONFIGS = {
-    "tiny": dict(d_hid=64, batch=32, n_mb=4, layers=4, dtype="float32"),
-    "small": dict(d_hid=1024, batch=256, n_mb=8, layers=8, dtype="float32"),
-    "large": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="float32"),
-    "large_bf16": dict(d_hid=8192, batch=1024, n_mb=8, layers=8, dtype="bfloat16"),
-    "large_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=8, dtype="float32"),
-    # the scale-out configs (4 and 8 GPUs): 16 layers
-    "deep_f32_mb8": dict(d_hid=8192, batch=1024, n_mb=8, layers=16, dtype="float32"),
-    "deep_f32_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=16, dtype="float32"),
-    "deep_bf16_mb8": dict(d_hid=8192, batch=1024, n_mb=8, layers=16, dtype="bfloat16"),
-    "deep_bf16_mb32": dict(d_hid=8192, batch=2048, n_mb=32, layers=16, dtype="bfloat16"),
-}
-SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
-             "ZBVZeroBubble", "DualPipeV"]
+from _common import CONFIGS, SCHEDULES, launch, report  # noqa: E402
+
 STAGES_PER_RANK = {"GPipe": 1, "1F1B": 1}
 V_STYLE = {"ZBVZeroBubble", "DualPipeV"}
 CLASS_NAME = {"GPipe": "ScheduleGPipe", "1F1B": "Schedule1F1B",
@@ -295,29 +282,9 @@ def torch_worker(args):
 
 def run_side(side, args):
     """Launch one side's job; returns its RESULT records."""
-    worker = [os.path.abspath(__file__), "--worker", side, "--configs", args.configs,
-              "--schedules", args.schedules, "--steps", str(args.steps), "--device",
-              args.device]
-    if side == "pipec":
-        cmd = [sys.executable, "-m", "pipec.run", "--nproc-per-node", str(args.nproc)] + worker
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-               str(args.nproc), "--master-port", str(29600)] + worker
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    out = []
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        body = line.split("]: ", 1)[1] if line.startswith("[rank") else line
-        if body.startswith("RESULT "):
-            out.append(json.loads(body[len("RESULT "):]))
-    proc.wait()
-    if proc.returncode:
-        print(f"{side} job exited with {proc.returncode}", flush=True)
-    return out
+    return launch(side, args.nproc, [
+        os.path.abspath(__file__), "--worker", side, "--configs", args.configs, "--schedules",
+        args.schedules, "--steps", str(args.steps), "--device", args.device], 29600)
 
 
 def table(pipec_res, torch_res, args):
@@ -383,11 +350,7 @@ def scaling(args):
                 bub = f"{r['bubble']:.2f}" if r.get("bubble") is not None else "n/a"
                 cells.append(f"{r['ms']:.1f} / {bub} / {rel:.2f}")
             lines.append(f"| {name} | {sched} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    report("\n".join(lines) + "\n", args.out)
 
 
 def main():
@@ -419,11 +382,7 @@ def main():
             tres = run_side("torch", args)
         except ImportError:
             print("torch is not importable: pipec side only", flush=True)
-    text = table(pres, tres, args)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    report(table(pres, tres, args), args.out)
 
 
 if __name__ == "__main__":

@@ -317,29 +317,25 @@ def _custom_classes():
     from pipec.pipelining._runtime import PipelineScheduleMulti
     from pipec.pipelining.schedules import schedule_ops
 
-    class ScheduleVShaped(PipelineScheduleMulti):
-        """4 stages on 2 ranks: rank 0 holds the first and the last."""
+    def fill_drain(placement, doc):
+        """A custom schedule over 2 ranks: each rank runs the forwards of its stages in
+        stage order, then the backwards in reverse order (placement: rank -> stages)."""
+        class FillDrain(PipelineScheduleMulti):
+            def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
+                super().__init__(stages, n_microbatches, loss_fn=loss_fn,
+                                 scale_grads=scale_grads)
+                m = range(n_microbatches)
+                self.pipeline_order = {
+                    r: [f"{s}F{i}" for s in mine for i in m] +
+                       [f"{s}B{i}" for s in reversed(mine) for i in m]
+                    for r, mine in placement.items()}
+        FillDrain.__doc__ = doc
+        return FillDrain
 
-        def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
-            super().__init__(stages, n_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
-            m = range(n_microbatches)
-            self.pipeline_order = {
-                0: [f"0F{i}" for i in m] + [f"3F{i}" for i in m] + [f"3B{i}" for i in m] +
-                   [f"0B{i}" for i in m],
-                1: [f"1F{i}" for i in m] + [f"2F{i}" for i in m] + [f"2B{i}" for i in m] +
-                   [f"1B{i}" for i in m]}
-
-    class ScheduleUnbalanced(PipelineScheduleMulti):
-        """5 stages on 2 ranks: rank 0 holds 0, 3 and 4, rank 1 holds 1 and 2."""
-
-        def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):
-            super().__init__(stages, n_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
-            m = range(n_microbatches)
-            self.pipeline_order = {
-                0: [f"0F{i}" for i in m] + [f"3F{i}" for i in m] + [f"4F{i}" for i in m] +
-                   [f"4B{i}" for i in m] + [f"3B{i}" for i in m] + [f"0B{i}" for i in m],
-                1: [f"1F{i}" for i in m] + [f"2F{i}" for i in m] + [f"2B{i}" for i in m] +
-                   [f"1B{i}" for i in m]}
+    ScheduleVShaped = fill_drain({0: [0, 3], 1: [1, 2]},
+                                 "4 stages on 2 ranks: rank 0 holds the first and the last.")
+    ScheduleUnbalanced = fill_drain({0: [0, 3, 4], 1: [1, 2]},
+                                    "5 stages on 2 ranks: rank 0 holds 0, 3 and 4.")
 
     class DualPipeVOrder(PipelineScheduleMulti):
         def __init__(self, stages, n_microbatches, loss_fn=None, scale_grads=True):

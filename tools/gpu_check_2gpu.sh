@@ -11,23 +11,7 @@
 set -u
 cd "$(dirname "$0")/.."
 WHAT="${1:-all}"
-LOGDIR="${OUT:-$PWD/gpu_check_logs}"
-mkdir -p "$LOGDIR"
-PY="${PYTHON:-python3}"
-status=0
-
-step() {  # step NAME LOGFILE CMD...
-    local name="$1" log="$2"
-    shift 2
-    echo "== $name: $*" | tee -a "$LOGDIR/summary.txt"
-    local t0=$SECONDS
-    "$@" > "$LOGDIR/$log" 2>&1
-    local rc=$?
-    tail -n 30 "$LOGDIR/$log"
-    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOGDIR/summary.txt"
-    if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; fi
-    return $rc
-}
+. tools/gpu_check_lib.sh
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$LOGDIR/env.txt"
 # rebuild unless this machine already built these very sources (a warm machine keeps the
