@@ -2,6 +2,9 @@
 configs of shared/bench/torch_baseline_2xH200.md, next to torch measured in the same job.
 
 Run on a machine with 2 GPUs:  python3 bench/pipeline.py [--configs small,large] [--out FILE]
+On one GPU, ``--devices cuda:0,cuda:0`` runs both ranks on the same GPU: not a pipeline
+speed-up, but a measure of each schedule's overhead, since every schedule then does the same
+work on one device and the step time should approach the GPU busy time.
 
 For every config and schedule: median / min / max step time over timed steps (after warm-up,
 host-timed around a full step including device sync), peak memory per GPU, and a correctness
@@ -51,9 +54,9 @@ def torch_baseline_table(path):
     return out
 
 
-def sync_all(n):
-    for i in range(n):
-        pipec.cuda.synchronize(i)
+def sync_all(devices):
+    for d in sorted(set(devices)):
+        pipec.cuda.synchronize(d)
 
 
 def torch_single_gpu(cfg, steps):
@@ -86,10 +89,10 @@ def torch_single_gpu(cfg, steps):
 def pipec_single_gpu(model, x, y, loss_fn, steps):
     times = []
     for i in range(steps + 3):
-        sync_all(1)
+        sync_all(["cuda:0"])
         t0 = time.perf_counter()
         loss_fn(model(x), y).backward()
-        sync_all(1)
+        sync_all(["cuda:0"])
         if i >= 3:
             times.append((time.perf_counter() - t0) * 1e3)
     model.zero_grad()
@@ -100,6 +103,24 @@ def rel_err(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def busy_ms(timeline, ranks_of_device):
+    """GPU busy time per device (ms): the union of the recorded action intervals of the
+    ranks that run on it; [(device, ms)]."""
+    out = []
+    for dev, ranks in ranks_of_device.items():
+        iv = sorted((s, e) for r, _, s, e in timeline if r in ranks)
+        total, end = 0.0, float("-inf")
+        for s, e in iv:
+            if s > end:
+                total += e - s
+                end = e
+            elif e > end:
+                total += e - end
+                end = e
+        out.append((dev, total / 1e3))
+    return out
 
 
 def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
@@ -125,11 +146,11 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
 
     out_lines.append(f"\n### {name}: d_hid={d}, batch={cfg['batch']}, n_microbatches={n_mb}, "
                      f"layers={cfg['layers']}, {cfg['dtype']}\n")
-    out_lines.append("| schedule | pipec median ms | min | max | peak MiB gpu0/gpu1 | "
+    out_lines.append("| schedule | pipec median ms | min | max | GPU busy ms | peak MiB | "
                      "torch pipelining ms | pipec/torch | correct (max rel err) |")
-    out_lines.append("|---|---|---|---|---|---|---|---|")
+    out_lines.append("|---|---|---|---|---|---|---|---|---|")
     ts = f"{t_single:.2f}" if t_single else "n/a"
-    out_lines.append(f"| single GPU, no pipeline | {single:.2f} | | | | torch {ts} | "
+    out_lines.append(f"| single GPU, no pipeline | {single:.2f} | | | | | torch {ts} | "
                      f"{(single / t_single) if t_single else float('nan'):.2f} | |")
     print("\n".join(out_lines[-4:]), flush=True)
     for sched in schedules:
@@ -141,31 +162,35 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
         try:
             lp = LocalPipeline(pipe, sched, n_mb, devices, loss_fn=loss_fn, scale_grads=False)
         except ValueError as e:
-            out_lines.append(f"| {sched} | not run: {e} | | | | | | |")
+            out_lines.append(f"| {sched} | not run: {e} | | | | | | | |")
             continue
         losses = []
         lp.step(x, target=y, losses=losses)
-        sync_all(len(devices))
+        sync_all(devices)
         got = {k: p.grad.float().cpu().numpy() for k, p in model.named_parameters()}
         err = max(rel_err(got[k], ref_grads[k]) for k in ref_grads)
         err = max(err, rel_err([l.float().item() for l in losses], ref_losses))
-        for i in range(len(devices)):
-            pipec.cuda.reset_peak_memory_stats(i)
+        for g in sorted(set(devices)):
+            pipec.cuda.reset_peak_memory_stats(g)
         times = []
         for i in range(steps + 2):
-            sync_all(len(devices))
+            sync_all(devices)
             t0 = time.perf_counter()
             lp.step(x, target=y, return_outputs=False)
-            sync_all(len(devices))
+            sync_all(devices)
             if i >= 2:
                 times.append((time.perf_counter() - t0) * 1e3)
-        peaks = "/".join(f"{pipec.cuda.max_memory_allocated(i) / 2**20:.0f}"
-                         for i in range(len(devices)))
+        gpus = sorted(set(devices))
+        peaks = "/".join(f"{pipec.cuda.max_memory_allocated(g) / 2**20:.0f}" for g in gpus)
+        lp.step(x, target=y, return_outputs=False, record_timeline=True)
+        sync_all(devices)
+        busy = "/".join(f"{ms:.1f}" for _, ms in busy_ms(
+            lp.timeline(), {g: {r for r, d in enumerate(devices) if d == g} for g in gpus}))
         med = statistics.median(times)
         tb = baseline.get((name, sched))
         ratio = f"{med / tb:.2f}" if tb else "n/a"
         out_lines.append(f"| {sched} | {med:.2f} | {min(times):.2f} | {max(times):.2f} | "
-                         f"{peaks} | {tb if tb else 'n/a'} | {ratio} | {err:.1e} |")
+                         f"{busy} | {peaks} | {tb if tb else 'n/a'} | {ratio} | {err:.1e} |")
         print(out_lines[-1], flush=True)
         del lp, pipe, model
         gc.collect()
@@ -177,11 +202,14 @@ def main():
     ap.add_argument("--schedules", default=",".join(SCHEDULES))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--devices", default="cuda:0,cuda:1",
+                    help="one device per rank; cuda:0,cuda:0 measures schedule overhead on "
+                         "one GPU")
     args = ap.parse_args()
+    devices = args.devices.split(",")
     n = pipec.cuda.device_count()
-    if n < 2:
-        sys.exit(f"bench/pipeline.py needs 2 GPUs, found {n}")
-    devices = ["cuda:0", "cuda:1"]
+    if n <= max(int(d.split(":")[1]) for d in devices):
+        sys.exit(f"bench/pipeline.py --devices {args.devices}: found {n} GPU(s)")
     baseline = {}
     for cand in (os.path.join(HERE, "..", "shared", "bench", "torch_baseline_2xH200.md"),
                  os.path.join(HERE, "results", "torch_baseline_2xH200.md")):

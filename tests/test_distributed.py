@@ -12,6 +12,7 @@ that never joins, a rank that stops answering, a wrong master port, a port alrea
 corrupted frame header, and a failing rank under the launcher.
 """
 import os
+import re
 import signal
 import socket
 import struct
@@ -234,6 +235,61 @@ def case_kill_mid_message():
         raise
 
 
+def case_nccl_long_compute_before_transfer():
+    """World of one on NCCL, timeout 2 s: several seconds of GPU compute queued ahead of an
+    all-reduce are not a stall (the watchdog times a transfer from when it could start)."""
+    import pipec
+    import pipec.distributed as dist
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                            world_size=1, timeout=2)
+    x = pipec.randn(8192, 8192, device="cuda:0")
+    pipec.cuda.synchronize()
+    t0 = time.monotonic()
+    for _ in range(250):  # about 5 s of float32 GEMMs on an H100/H200
+        y = x @ x
+    del y
+    t = pipec.ones(1024, device="cuda:0")
+    dist.all_reduce(t)
+    pipec.cuda.synchronize()
+    print("queued compute took %.1f s" % (time.monotonic() - t0), flush=True)
+    dist.all_reduce(t)
+    pipec.cuda.synchronize()
+    assert float(t.sum().item()) == 1024.0
+    dist.destroy_process_group()
+    print("OK", flush=True)
+
+
+def case_nccl_stuck_self_send():
+    """World of one on NCCL: a send to itself outside a group waits forever for its receive
+    (queued behind it on the same comm stream). The host then blocks in a stream
+    synchronize that is not pipec's wait; the watchdog must abort the communicator within
+    the timeout, the synchronize must return, and the next operation must name the reason."""
+    import pipec
+    import pipec.distributed as dist
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                            world_size=1, timeout=2)
+    t = pipec.ones(1024, device="cuda:0")
+    r = pipec.zeros(1024, device="cuda:0")
+    t0 = time.monotonic()
+    dist.send(t, 0)
+    dist.recv(r, 0)
+    try:
+        pipec.cuda.synchronize()
+        print("synchronize returned after %.1f s" % (time.monotonic() - t0), flush=True)
+    except Exception as e:  # an aborted NCCL kernel may surface as a CUDA error here
+        print("synchronize raised after %.1f s: %s: %s" % (time.monotonic() - t0,
+                                                          type(e).__name__, e), flush=True)
+    if float(r.sum().item()) == 1024.0:
+        print("self transfer completed (no hang)", flush=True)
+    try:
+        dist.all_reduce(t)
+        print("all_reduce after the hang did not fail", flush=True)
+    except pipec.PipelineError as e:
+        print("next op: %s" % e, flush=True)
+    dist.destroy_process_group()
+    print("OK", flush=True)
+
+
 def case_kill_third():
     """Ranks 0 and 1 each wait for the other; rank 2 dies. Both must fail naming rank 2."""
     import pipec
@@ -377,6 +433,33 @@ def test_nccl_group_of_one_process():
     finally:
         dist.destroy_process_group()
     assert not dist.is_initialized()
+
+
+@pytest.mark.cuda
+def test_nccl_watchdog_aborts_a_stuck_transfer():
+    """A transfer that never completes while the host waits in a CUDA call of its own (not a
+    pipec wait with a deadline): the watchdog aborts the communicator after `timeout` (2 s)
+    and the next operation fails naming the reason, instead of the process hanging."""
+    res = subprocess.run([sys.executable, HERE, "case_nccl_stuck_self_send"],
+                         capture_output=True, text=True, timeout=90, cwd=ROOT, env=_env())
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "OK" in res.stdout, out
+    assert "self transfer completed" not in res.stdout, out
+    assert "made no progress" in res.stdout, out
+    secs = float(re.search(r"synchronize \w+ after ([\d.]+) s", res.stdout).group(1))
+    assert 1.5 < secs < 15, out
+
+
+@pytest.mark.cuda
+def test_nccl_watchdog_leaves_long_compute_alone():
+    """The other side of the watchdog: a transfer queued behind more GPU compute than the
+    timeout is not aborted, since it could not start before that compute finished."""
+    res = subprocess.run([sys.executable, HERE, "case_nccl_long_compute_before_transfer"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env())
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "OK" in res.stdout, out
+    secs = float(re.search(r"queued compute took ([\d.]+) s", res.stdout).group(1))
+    assert secs > 3.0, f"the compute must outlast the 2 s timeout to test anything: {out}"
 
 
 def test_rendezvous_variables():

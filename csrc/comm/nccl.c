@@ -12,15 +12,22 @@
  *   - creation waits in the store for every rank first, so a missing rank is a timeout that
  *     names it, not a hang inside ncclCommInitRank; point-to-point connections to every peer
  *     are made then too (a grouped exchange), so the first pipeline step is not slow;
- *   - the host never waits on NCCL work without a deadline: nc_sync polls the stream, checks
- *     ncclCommGetAsyncError, and past the communicator's timeout aborts the communicator
- *     (ncclCommAbort), so a dead or silent peer becomes an error, not a hang;
- *   - a watchdog thread covers the waits that are not ours (a loss function reading a value,
- *     a device-to-host copy, a full launch queue): after every enqueued transfer an event is
- *     recorded on the comm stream; when it has not completed `timeout` after the last
- *     enqueue (no progress), or NCCL reports an asynchronous error, the watchdog aborts the
- *     communicator, which ends NCCL's kernels and so unblocks every stream waiting on them;
- *     later operations then fail with the reason.
+ *   - a dead or silent peer becomes an error, never a hang. Every NCCL operation is
+ *     bracketed by two events on the comm stream, kept in a ring: `start` completes when the
+ *     operation may begin (the compute it waits for and earlier transfers are done), `end`
+ *     when it finished. A watchdog thread looks every 100 ms at the oldest unfinished
+ *     operation; once it has been able to run for `timeout` without finishing, or NCCL
+ *     reports an asynchronous error, the watchdog aborts the communicator (ncclCommAbort),
+ *     which ends NCCL's kernels and so unblocks every stream and host call waiting on them;
+ *     later operations fail with the reason. So the deadline measures a stall, not a step:
+ *     long compute ahead of a transfer does not count against it. This covers the waits
+ *     that are not ours too (a loss function reading a value, a device-to-host copy, a
+ *     full launch queue). nc_sync (our own host waits) polls the stream, checks
+ *     ncclCommGetAsyncError and returns when the watchdog aborted; before the watchdog runs
+ *     it applies the timeout itself;
+ *   - operations are issued by one host thread at a time (NCCL needs one issue order per
+ *     communicator anyway): the ring is single-producer (issuer), single-consumer
+ *     (watchdog).
  * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
@@ -39,6 +46,8 @@
 
 #include "../kernels/cuda/cuda_api.h"
 
+#define WD_RING 1024 /* operations in flight the watchdog can follow; more wait for a slot */
+
 typedef struct NcclComm {
     PcComm base;
     ncclComm_t comm;
@@ -47,13 +56,16 @@ typedef struct NcclComm {
     atomic_int aborted; /* set once (atomic exchange) by whoever aborts first; c->comm stays
                            valid until destroy, so other threads may still query it */
     char why[256];      /* why the watchdog aborted (written before it sets `aborted`) */
-    /* watchdog */
+    /* watchdog (see the header) */
     pthread_t wd;
     bool wd_started, wd_stop;          /* wd_stop under wd_mu */
     pthread_mutex_t wd_mu;
     pthread_cond_t wd_cv;
-    void *wd_event;                    /* re-recorded on the comm stream after each enqueue */
-    atomic_llong wd_since_ns;          /* monotonic time of the last enqueue; 0: idle */
+    struct {
+        void *start, *end;             /* events on the comm stream around one operation */
+    } wd_ring[WD_RING];
+    atomic_ullong wd_head;             /* oldest unfinished operation (watchdog advances) */
+    atomic_ullong wd_tail;             /* next free slot (issuer advances) */
 } NcclComm;
 
 #define NC(c) ((NcclComm *)(c))
@@ -110,7 +122,7 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
     long sleep_ns = 2000;
     for (;;) {
         cudaError_t ce = cudaStreamQuery((cudaStream_t)stream);
-        if (ce == cudaSuccess)
+        if (ce == cudaSuccess || atomic_load(&c->aborted))
             return atomic_load(&c->aborted) ? aborted_error(c, what) : PC_OK;
         if (ce != cudaErrorNotReady)
             return pc_set_error(PC_ERR_CUDA, "nccl %s: %s", what, cudaGetErrorString(ce));
@@ -121,7 +133,7 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
             return pc_set_error(PC_ERR_NCCL, "nccl %s failed: %s (the communicator was aborted)",
                                 what, ncclGetErrorString(async));
         }
-        if (mono_now() > deadline) {
+        if (!c->wd_started && mono_now() > deadline) { /* else the watchdog decides */
             nc_abort(&c->base);
             return pc_set_error(PC_ERR_TIMEOUT,
                                 "nccl %s did not complete within %.0f s: a peer rank died or "
@@ -145,21 +157,71 @@ static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
 
 /* ---- point to point ---- */
 
-/* After enqueueing NCCL work: what the watchdog watches (see the header). */
-static void wd_note(NcclComm *c) {
-    if (!c->wd_event) return;
-    if (pc_cuda_event_record(c->wd_event, c->stream) != PC_OK) {
-        pc_clear_error(); /* only the watchdog's view of this transfer is lost */
+/* Before enqueueing an NCCL operation (after the comm stream was ordered behind the work it
+ * needs): take a ring slot and record its start event. Returns the slot, or -1 when the
+ * watchdog is not running. A full ring waits for the watchdog to retire a slot (bounded: a
+ * stall makes the watchdog abort). */
+static long long wd_begin(NcclComm *c) {
+    if (!c->wd_started) return -1;
+    unsigned long long t = atomic_load(&c->wd_tail);
+    long sleep_ns = 20000;
+    while (t - atomic_load(&c->wd_head) >= WD_RING && !atomic_load(&c->aborted)) {
+        struct timespec ts = {0, sleep_ns};
+        nanosleep(&ts, NULL);
+        if (sleep_ns < 1000000) sleep_ns *= 2;
+    }
+    if (atomic_load(&c->aborted)) return -1;
+    if (pc_cuda_event_record(c->wd_ring[t % WD_RING].start, c->stream) != PC_OK) {
+        pc_clear_error(); /* only the watchdog's view of this operation is lost */
+        return -1;
+    }
+    return (long long)t;
+}
+
+/* After enqueueing it: record the end event and hand the slot to the watchdog. */
+static void wd_end(NcclComm *c, long long slot) {
+    if (slot < 0) return;
+    if (pc_cuda_event_record(c->wd_ring[slot % WD_RING].end, c->stream) != PC_OK) {
+        pc_clear_error();
         return;
     }
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    atomic_store(&c->wd_since_ns, (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+    atomic_store(&c->wd_tail, (unsigned long long)slot + 1);
+}
+
+/* One look: retire the finished operations; returns how long the oldest unfinished one has
+ * been able to run (0: none is running). `*started` is when the watchdog first saw the
+ * current oldest one's start event complete (0: not yet). */
+static double wd_scan(NcclComm *c, double *started) {
+    unsigned long long h = atomic_load(&c->wd_head), t = atomic_load(&c->wd_tail);
+    double stalled = 0.0;
+    while (h < t) {
+        cudaError_t q = cudaEventQuery((cudaEvent_t)c->wd_ring[h % WD_RING].end);
+        if (q == cudaSuccess) {
+            h++;
+            *started = 0.0;
+            continue;
+        }
+        if (q != cudaErrorNotReady) { /* a CUDA error: the issuer's own calls report it */
+            (void)cudaGetLastError();
+            break;
+        }
+        double now = mono_now();
+        if (*started == 0.0) {
+            cudaError_t qs = cudaEventQuery((cudaEvent_t)c->wd_ring[h % WD_RING].start);
+            if (qs == cudaSuccess) *started = now;
+            else if (qs != cudaErrorNotReady) (void)cudaGetLastError();
+        }
+        if (*started > 0.0) stalled = now - *started;
+        break;
+    }
+    atomic_store(&c->wd_head, h);
+    return stalled;
 }
 
 static void *wd_main(void *arg) {
     NcclComm *c = arg;
     if (cudaSetDevice(c->device) != cudaSuccess) return NULL;
+    double started = 0.0;
     pthread_mutex_lock(&c->wd_mu);
     while (!c->wd_stop) {
         struct timespec ts;
@@ -171,34 +233,32 @@ static void *wd_main(void *arg) {
         }
         pthread_cond_timedwait(&c->wd_cv, &c->wd_mu, &ts);
         if (c->wd_stop || atomic_load(&c->aborted)) continue;
-        long long since = atomic_load(&c->wd_since_ns);
-        if (!since) continue;
-        cudaError_t q = cudaEventQuery((cudaEvent_t)c->wd_event);
-        if (q == cudaSuccess) {
-            atomic_compare_exchange_strong(&c->wd_since_ns, &since, 0);
-            continue;
-        }
-        if (q != cudaErrorNotReady) { /* a CUDA error: the caller's own calls report it */
-            (void)cudaGetLastError();
-            continue;
-        }
+        double stalled = wd_scan(c, &started);
+        if (atomic_load(&c->wd_head) == atomic_load(&c->wd_tail)) continue; /* idle */
         ncclResult_t async = ncclSuccess;
         bool failed = ncclCommGetAsyncError(c->comm, &async) == ncclSuccess &&
                       async != ncclSuccess && async != ncclInProgress;
-        double idle = mono_now() - (double)since * 1e-9;
-        if (!failed && idle <= c->base.timeout_s) continue;
+        if (!failed && stalled <= c->base.timeout_s) continue;
         if (failed)
             snprintf(c->why, sizeof c->why, "NCCL reported %s", ncclGetErrorString(async));
         else
             snprintf(c->why, sizeof c->why,
-                     "transfers made no progress for %.0f s (the timeout): a peer rank died "
-                     "or stopped answering", idle);
+                     "a transfer made no progress for %.0f s (the timeout) after it could "
+                     "start: a peer rank died or stopped answering", stalled);
         pthread_mutex_unlock(&c->wd_mu);
         nc_abort(&c->base);
         pthread_mutex_lock(&c->wd_mu);
     }
     pthread_mutex_unlock(&c->wd_mu);
     return NULL;
+}
+
+static void wd_free_events(NcclComm *c) {
+    for (int i = 0; i < WD_RING; i++) {
+        pc_cuda_event_destroy(c->wd_ring[i].start);
+        pc_cuda_event_destroy(c->wd_ring[i].end);
+        c->wd_ring[i].start = c->wd_ring[i].end = NULL;
+    }
 }
 
 static void wd_stop(NcclComm *c) {
@@ -210,16 +270,21 @@ static void wd_stop(NcclComm *c) {
         pthread_join(c->wd, NULL);
         c->wd_started = false;
     }
-    pc_cuda_event_destroy(c->wd_event);
-    c->wd_event = NULL;
+    wd_free_events(c);
 }
 
 static PcStatus wd_start(NcclComm *c) {
-    PC_TRY(pc_cuda_event_create(c->device, false, false, false, &c->wd_event));
-    if (pthread_create(&c->wd, NULL, wd_main, c) != 0) {
-        pc_cuda_event_destroy(c->wd_event);
-        c->wd_event = NULL;
-        return pc_set_error(PC_ERR_COMM, "nccl: could not start the watchdog thread");
+    PcStatus st = PC_OK;
+    for (int i = 0; st == PC_OK && i < WD_RING; i++) {
+        st = pc_cuda_event_create(c->device, false, false, false, &c->wd_ring[i].start);
+        if (st == PC_OK)
+            st = pc_cuda_event_create(c->device, false, false, false, &c->wd_ring[i].end);
+    }
+    if (st == PC_OK && pthread_create(&c->wd, NULL, wd_main, c) != 0)
+        st = pc_set_error(PC_ERR_COMM, "nccl: could not start the watchdog thread");
+    if (st != PC_OK) {
+        wd_free_events(c);
+        return st;
     }
     c->wd_started = true;
     return PC_OK;
@@ -234,9 +299,10 @@ static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     void *cur;
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    long long slot = wd_begin(c);
     PC_NCCL_TRY(ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                          (cudaStream_t)c->stream));
-    wd_note(c);
+    wd_end(c, slot);
     return pc_cuda_record_stream(c->device, t->storage->data, c->stream);
 }
 
@@ -249,9 +315,10 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     void *cur;
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    long long slot = wd_begin(c);
     PC_NCCL_TRY(ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                          (cudaStream_t)c->stream));
-    wd_note(c);
+    wd_end(c, slot);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -291,13 +358,14 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
     if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
     if (st == PC_OK) {
+        long long slot = wd_begin(c);
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
                                    c->comm, (cudaStream_t)c->stream);
         if (nr != ncclSuccess) st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
         else if ((st = pc_cuda_event_record(r->event, c->stream)) != PC_OK)
             nc_abort(cm); /* a queued receive nobody waits for would misalign the peer */
         else
-            wd_note(c);
+            wd_end(c, slot);
     }
     if (st != PC_OK) {
         nc_recv_drop(cm, r);
@@ -333,12 +401,14 @@ static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *bu
         st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: staging copy failed: %s",
                           cudaGetErrorString(ce));
     } else {
+        long long slot = wd_begin(c);
         ncclResult_t r = ncclGroupStart();
         if (r == ncclSuccess) r = ncclSend(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
         if (r == ncclSuccess && n)
             r = ncclSend((char *)d + 8, n, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
         ncclResult_t r2 = ncclGroupEnd();
         if (r == ncclSuccess) r = r2;
+        wd_end(c, slot);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclSend(bytes)", __FILE__, __LINE__);
         else
             st = nc_sync(c, c->stream, "send_bytes");
@@ -356,7 +426,9 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 8));
     uint64_t n64 = 0;
+    long long slot = wd_begin(c);
     ncclResult_t r = ncclRecv(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+    wd_end(c, slot);
     PcStatus sync = r == ncclSuccess ? nc_sync(c, c->stream, "recv_bytes") : PC_OK;
     cudaError_t ce = cudaSuccess;
     if (r == ncclSuccess && sync == PC_OK) ce = cudaMemcpy(&n64, d, 8, cudaMemcpyDeviceToHost);
@@ -373,7 +445,9 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
             return pc_set_error(PC_ERR_OOM, "nccl recv_bytes: device staging of %llu bytes",
                                 (unsigned long long)n64);
         }
+        slot = wd_begin(c);
         r = ncclRecv(d, n64, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+        wd_end(c, slot);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclRecv(bytes)", __FILE__, __LINE__);
         else if ((st = nc_sync(c, c->stream, "recv_bytes")) == PC_OK &&
                  (ce = cudaMemcpy(host, d, n64, cudaMemcpyDeviceToHost)) != cudaSuccess)
@@ -400,9 +474,10 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     void *p = pc_tensor_data(t);
+    long long slot = wd_begin(c);
     PC_NCCL_TRY(ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
                               (cudaStream_t)c->stream));
-    wd_note(c);
+    wd_end(c, slot);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -417,7 +492,9 @@ static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     cudaError_t ce = cudaSuccess;
     if (cm->rank == root) ce = cudaMemcpy(d, buf, n, cudaMemcpyHostToDevice);
     if (ce == cudaSuccess) {
+        long long slot = wd_begin(c);
         ncclResult_t r = ncclBroadcast(d, d, n, ncclUint8, root, c->comm, (cudaStream_t)c->stream);
+        wd_end(c, slot);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclBroadcast", __FILE__, __LINE__);
         else if ((st = nc_sync(c, c->stream, "broadcast")) == PC_OK && cm->rank != root)
             ce = cudaMemcpy(buf, d, n, cudaMemcpyDeviceToHost);
@@ -450,6 +527,7 @@ static PcStatus nc_connect_peers(NcclComm *c) {
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 2 * (size_t)c->base.world));
     PcStatus st = PC_OK;
+    long long slot = wd_begin(c);
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; r == ncclSuccess && p < c->base.world; p++) {
         if (p == c->base.rank) continue;
@@ -460,6 +538,7 @@ static PcStatus nc_connect_peers(NcclComm *c) {
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;
+    wd_end(c, slot);
     if (r != ncclSuccess) st = nccl_fail(r, "connecting to peers", __FILE__, __LINE__);
     else st = nc_sync(c, c->stream, "connecting to peers");
     cudaFree(d);
@@ -537,11 +616,11 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
         nc_destroy(&c->base);
         return st != PC_OK ? st : nccl_fail(r, "ncclCommInitRank", __FILE__, __LINE__);
     }
-    /* warm up the connections (collective and point-to-point), so the first pipeline step
-     * is not slow */
-    st = nc_barrier(&c->base);
+    /* the watchdog first, so the warm-up below is watched too; then warm up the connections
+     * (collective and point-to-point), so the first pipeline step is not slow */
+    st = wd_start(c);
+    if (st == PC_OK) st = nc_barrier(&c->base);
     if (st == PC_OK) st = nc_connect_peers(c);
-    if (st == PC_OK) st = wd_start(c);
     if (st != PC_OK) {
         nc_destroy(&c->base);
         return st;
