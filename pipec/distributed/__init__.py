@@ -288,7 +288,9 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     when this process drives a CUDA device (``device_id``, or CUDA available) and NCCL is
     built in, else tcp. init_method: "env://" (default: the variables in the module doc) or
     "tcp://HOST:PORT". timeout: a ``datetime.timedelta`` or seconds (default 5 minutes);
-    every later wait of the group uses it too. ``store`` / ``group_name`` / ``pg_options``
+    every later wait of the group uses it too. On NCCL it bounds a stall: a transfer that
+    could start (the GPU work it depends on is done) but has not finished after `timeout`
+    aborts the communicator, and later calls raise pipec.PipelineError with the reason. ``store`` / ``group_name`` / ``pg_options``
     are accepted for torch compatibility; a custom store is not supported.
 
     Raises ValueError for missing or malformed settings and pipec.PipelineError when the
