@@ -4,7 +4,8 @@
 # Run on the GPU machine from the repository root:
 #     bash tools/gpu_check.sh
 # Steps: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
-# (2) pytest -m "cuda or multigpu" over tests/, (3) bench/ops_cuda.py (pipec vs torch).
+# (2) pytest -m "cuda or multigpu" over tests/, (3) bench/ops_cuda.py (pipec vs torch),
+# (4) bench/pipeline.py with both ranks on the one GPU (each schedule's overhead).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
 # ./gpu_check_logs. Every step runs even when an earlier one fails; the exit status is the
 # first failure's.
@@ -26,6 +27,9 @@ if step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolati
         2>&1 | tee -a "$LOGDIR/summary.txt"
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
     step bench bench.log "$PY" bench/ops_cuda.py --out "$LOGDIR/bench_ops_cuda.txt"
+    # every schedule's overhead with both ranks on this one GPU (step time vs GPU busy time)
+    step schedules schedules.log "$PY" bench/pipeline.py --devices cuda:0,cuda:0 \
+        --configs small,large_mb32 --steps 5 --out "$LOGDIR/pipeline_1gpu.md"
 fi
 
 echo "gpu_check: exit $status" | tee -a "$LOGDIR/summary.txt"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # tools/gpu_check_2gpu.sh — on a 2-GPU machine: build pipec, run the multi-GPU tests (the
 # LocalPipeline numerics on cuda:0 + cuda:1 and the multi-process numerics over NCCL), then
-# the multi-process benchmarks next to torch (bench/pipeline_mp.py, bench/p2p.py).
+# the multi-process benchmarks next to torch (bench/pipeline_mp.py, bench/p2p.py), and the
+# single-process LocalPipeline benchmark (bench/pipeline.py).
 #
-#     bash tools/gpu_check_2gpu.sh [all|tests|bench]     (default: all)
+#     bash tools/gpu_check_2gpu.sh [all|tests|bench|local]     (default: all)
 #
-# `tests` and `bench` split the work over two device calls (each under 10 minutes); the
+# `tests`, `bench` and `local` split the work over device calls (each under 10 minutes); the
 # editable build is kept between calls on a warm machine. Logs and tables go to $OUT (or
 # ./gpu_check_logs); the exit status is the first failing step's.
 set -u
@@ -27,6 +28,9 @@ fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     step p2p p2p.log "$PY" bench/p2p.py --out "$LOGDIR/p2p_2gpu.md"
     step pipeline pipeline.log "$PY" bench/pipeline_mp.py --steps 10 --out "$LOGDIR/pipeline_mp_2gpu.md"
+fi
+if [ "$WHAT" = all ] || [ "$WHAT" = local ]; then
+    step local local.log "$PY" bench/pipeline.py --steps 8 --out "$LOGDIR/pipeline_local_2gpu.md"
 fi
 echo "gpu_check_2gpu: exit $status" | tee -a "$LOGDIR/summary.txt"
 exit $status
