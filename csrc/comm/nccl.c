@@ -20,14 +20,18 @@
  *     reports an asynchronous error, the watchdog aborts the communicator (ncclCommAbort),
  *     which ends NCCL's kernels and so unblocks every stream and host call waiting on them;
  *     later operations fail with the reason. So the deadline measures a stall, not a step:
- *     long compute ahead of a transfer does not count against it. This covers the waits
- *     that are not ours too (a loss function reading a value, a device-to-host copy, a
- *     full launch queue). nc_sync (our own host waits) polls the stream, checks
- *     ncclCommGetAsyncError and returns when the watchdog aborted; before the watchdog runs
- *     it applies the timeout itself;
- *   - operations are issued by one host thread at a time (NCCL needs one issue order per
- *     communicator anyway): the ring is single-producer (issuer), single-consumer
- *     (watchdog).
+ *     this rank's long compute ahead of a transfer does not count against it (a peer that
+ *     takes longer than `timeout` to reach the matching operation does). This covers the
+ *     waits that are not ours too (a loss function reading a value, a device-to-host copy,
+ *     a full launch queue). nc_sync (our own host waits) polls the stream, checks
+ *     ncclCommGetAsyncError and returns when the watchdog aborted; when no watchdog runs,
+ *     or an operation could not be watched (`wd_blind`), it applies the timeout itself;
+ *   - NCCL communicators are not thread-safe: every NCCL call sequence holds `io_mu` (from
+ *     wd_begin to wd_end), so the ring has one producer at a time and one consumer (the
+ *     watchdog);
+ *   - ncclCommAbort frees the communicator: the abort and every other-thread query of
+ *     c->comm (ncclCommGetAsyncError) hold `abort_mu`, and nothing calls NCCL once
+ *     `aborted` is set.
  * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
@@ -53,9 +57,11 @@ typedef struct NcclComm {
     ncclComm_t comm;
     int device;
     void *stream;     /* the context's comm stream 0 (borrowed) */
-    atomic_int aborted; /* set once (atomic exchange) by whoever aborts first; c->comm stays
-                           valid until destroy, so other threads may still query it */
-    char why[256];      /* why the watchdog aborted (written before it sets `aborted`) */
+    atomic_int aborted; /* set once, under abort_mu, by whoever aborts first; c->comm is
+                           gone from then on */
+    char why[256];      /* why it was aborted (written under abort_mu before `aborted`) */
+    pthread_mutex_t abort_mu; /* the abort vs. ncclCommGetAsyncError from other threads */
+    pthread_mutex_t io_mu;    /* one NCCL call sequence at a time (wd_begin .. wd_end) */
     /* watchdog (see the header) */
     pthread_t wd;
     bool wd_started, wd_stop;          /* wd_stop under wd_mu */
@@ -65,7 +71,8 @@ typedef struct NcclComm {
         void *start, *end;             /* events on the comm stream around one operation */
     } wd_ring[WD_RING];
     atomic_ullong wd_head;             /* oldest unfinished operation (watchdog advances) */
-    atomic_ullong wd_tail;             /* next free slot (issuer advances) */
+    atomic_ullong wd_tail;             /* next free slot (issuer advances, under io_mu) */
+    atomic_bool wd_blind;              /* an operation went unwatched: nc_sync times itself */
 } NcclComm;
 
 #define NC(c) ((NcclComm *)(c))
@@ -113,28 +120,58 @@ static PcStatus aborted_error(NcclComm *c, const char *op) {
                         c->why[0] ? ": " : "", c->why);
 }
 
-static void nc_abort(PcComm *cm);
+/* Whether NCCL reported an asynchronous error (*res); false once aborted (the communicator
+ * is gone then). Any thread. */
+static bool nc_async_failed(NcclComm *c, ncclResult_t *res) {
+    bool failed = false;
+    *res = ncclSuccess;
+    pthread_mutex_lock(&c->abort_mu);
+    if (c->comm && !atomic_load(&c->aborted))
+        failed = ncclCommGetAsyncError(c->comm, res) == ncclSuccess && *res != ncclSuccess &&
+                 *res != ncclInProgress;
+    pthread_mutex_unlock(&c->abort_mu);
+    return failed;
+}
 
-/* Wait until `stream`'s work is done, within the communicator's timeout. Polls with a short
- * back-off; a NCCL asynchronous error or the deadline aborts the communicator. */
+/* Aborts the communicator once (any thread), keeping `why` (may be NULL) for later errors.
+ * NCCL's kernels end, so every stream and host call waiting on them is released. */
+static void nc_abort_why(NcclComm *c, const char *why) {
+    pthread_mutex_lock(&c->abort_mu);
+    if (c->comm && !atomic_load(&c->aborted)) {
+        if (why) snprintf(c->why, sizeof c->why, "%s", why);
+        atomic_store(&c->aborted, 1);
+        ncclCommAbort(c->comm);
+    }
+    pthread_mutex_unlock(&c->abort_mu);
+}
+
+static void nc_abort(PcComm *cm) { nc_abort_why(NC(cm), NULL); }
+
+/* Wait until `stream`'s work is done. Polls with a short back-off; an NCCL asynchronous
+ * error aborts the communicator; the watchdog's abort ends the wait; without a watchdog
+ * that sees every operation, the communicator's timeout (from now) aborts it. */
 static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
     double deadline = mono_now() + c->base.timeout_s;
     long sleep_ns = 2000;
     for (;;) {
+        if (atomic_load(&c->aborted)) return aborted_error(c, what);
         cudaError_t ce = cudaStreamQuery((cudaStream_t)stream);
-        if (ce == cudaSuccess || atomic_load(&c->aborted))
+        if (ce == cudaSuccess)
             return atomic_load(&c->aborted) ? aborted_error(c, what) : PC_OK;
         if (ce != cudaErrorNotReady)
             return pc_set_error(PC_ERR_CUDA, "nccl %s: %s", what, cudaGetErrorString(ce));
-        ncclResult_t async = ncclSuccess;
-        if (c->comm && ncclCommGetAsyncError(c->comm, &async) == ncclSuccess &&
-            async != ncclSuccess && async != ncclInProgress) {
-            nc_abort(&c->base);
+        ncclResult_t async;
+        if (nc_async_failed(c, &async)) {
+            nc_abort_why(c, "NCCL reported an asynchronous error");
             return pc_set_error(PC_ERR_NCCL, "nccl %s failed: %s (the communicator was aborted)",
                                 what, ncclGetErrorString(async));
         }
-        if (!c->wd_started && mono_now() > deadline) { /* else the watchdog decides */
-            nc_abort(&c->base);
+        bool self_timed = !c->wd_started || atomic_load(&c->wd_blind);
+        if (self_timed && mono_now() > deadline) {
+            char why[160];
+            snprintf(why, sizeof why, "%s did not complete within %.0f s", what,
+                     c->base.timeout_s);
+            nc_abort_why(c, why);
             return pc_set_error(PC_ERR_TIMEOUT,
                                 "nccl %s did not complete within %.0f s: a peer rank died or "
                                 "stopped answering (rank %d aborted its communicator)",
@@ -157,35 +194,57 @@ static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
 
 /* ---- point to point ---- */
 
-/* Before enqueueing an NCCL operation (after the comm stream was ordered behind the work it
- * needs): take a ring slot and record its start event. Returns the slot, or -1 when the
- * watchdog is not running. A full ring waits for the watchdog to retire a slot (bounded: a
- * stall makes the watchdog abort). */
-static long long wd_begin(NcclComm *c) {
-    if (!c->wd_started) return -1;
+/* Start of one NCCL call sequence, after the comm stream was ordered behind the work it
+ * needs: takes io_mu, fails (releasing it) when the communicator was aborted, and takes a
+ * ring slot with its start event recorded (*slot = -1: not watched). The caller then calls
+ * wd_end whatever happens. A full ring waits for the watchdog to retire a slot, at most
+ * `timeout` (then the operation goes unwatched and nc_sync times itself). */
+static PcStatus wd_begin(NcclComm *c, const char *op, long long *slot) {
+    *slot = -1;
+    pthread_mutex_lock(&c->io_mu);
+    if (atomic_load(&c->aborted)) {
+        pthread_mutex_unlock(&c->io_mu);
+        return aborted_error(c, op);
+    }
+    if (!c->wd_started || atomic_load(&c->wd_blind)) return PC_OK;
     unsigned long long t = atomic_load(&c->wd_tail);
+    double give_up = mono_now() + c->base.timeout_s;
     long sleep_ns = 20000;
-    while (t - atomic_load(&c->wd_head) >= WD_RING && !atomic_load(&c->aborted)) {
+    while (t - atomic_load(&c->wd_head) >= WD_RING) {
+        if (atomic_load(&c->aborted)) {
+            pthread_mutex_unlock(&c->io_mu);
+            return aborted_error(c, op);
+        }
+        if (mono_now() > give_up) {
+            atomic_store(&c->wd_blind, true);
+            return PC_OK;
+        }
+        pthread_cond_signal(&c->wd_cv); /* look now rather than at the next tick */
         struct timespec ts = {0, sleep_ns};
         nanosleep(&ts, NULL);
         if (sleep_ns < 1000000) sleep_ns *= 2;
     }
-    if (atomic_load(&c->aborted)) return -1;
     if (pc_cuda_event_record(c->wd_ring[t % WD_RING].start, c->stream) != PC_OK) {
-        pc_clear_error(); /* only the watchdog's view of this operation is lost */
-        return -1;
+        pc_clear_error();
+        atomic_store(&c->wd_blind, true);
+        return PC_OK;
     }
-    return (long long)t;
+    *slot = (long long)t;
+    return PC_OK;
 }
 
-/* After enqueueing it: record the end event and hand the slot to the watchdog. */
-static void wd_end(NcclComm *c, long long slot) {
-    if (slot < 0) return;
-    if (pc_cuda_event_record(c->wd_ring[slot % WD_RING].end, c->stream) != PC_OK) {
-        pc_clear_error();
-        return;
+/* End of the sequence: when it was enqueued, record the slot's end event and hand the slot
+ * to the watchdog; release io_mu. */
+static void wd_end(NcclComm *c, long long slot, bool enqueued) {
+    if (slot >= 0 && enqueued) {
+        if (pc_cuda_event_record(c->wd_ring[slot % WD_RING].end, c->stream) != PC_OK) {
+            pc_clear_error();
+            atomic_store(&c->wd_blind, true);
+        } else {
+            atomic_store(&c->wd_tail, (unsigned long long)slot + 1);
+        }
     }
-    atomic_store(&c->wd_tail, (unsigned long long)slot + 1);
+    pthread_mutex_unlock(&c->io_mu);
 }
 
 /* One look: retire the finished operations; returns how long the oldest unfinished one has
@@ -203,6 +262,7 @@ static double wd_scan(NcclComm *c, double *started) {
         }
         if (q != cudaErrorNotReady) { /* a CUDA error: the issuer's own calls report it */
             (void)cudaGetLastError();
+            atomic_store(&c->wd_blind, true);
             break;
         }
         double now = mono_now();
@@ -220,7 +280,11 @@ static double wd_scan(NcclComm *c, double *started) {
 
 static void *wd_main(void *arg) {
     NcclComm *c = arg;
-    if (cudaSetDevice(c->device) != cudaSuccess) return NULL;
+    if (cudaSetDevice(c->device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        atomic_store(&c->wd_blind, true); /* no watchdog after all: nc_sync times itself */
+        return NULL;
+    }
     double started = 0.0;
     pthread_mutex_lock(&c->wd_mu);
     while (!c->wd_stop) {
@@ -232,21 +296,21 @@ static void *wd_main(void *arg) {
             ts.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&c->wd_cv, &c->wd_mu, &ts);
-        if (c->wd_stop || atomic_load(&c->aborted)) continue;
+        if (c->wd_stop || atomic_load(&c->aborted) || atomic_load(&c->wd_blind)) continue;
         double stalled = wd_scan(c, &started);
         if (atomic_load(&c->wd_head) == atomic_load(&c->wd_tail)) continue; /* idle */
-        ncclResult_t async = ncclSuccess;
-        bool failed = ncclCommGetAsyncError(c->comm, &async) == ncclSuccess &&
-                      async != ncclSuccess && async != ncclInProgress;
+        ncclResult_t async;
+        bool failed = nc_async_failed(c, &async);
         if (!failed && stalled <= c->base.timeout_s) continue;
+        char why[256];
         if (failed)
-            snprintf(c->why, sizeof c->why, "NCCL reported %s", ncclGetErrorString(async));
+            snprintf(why, sizeof why, "NCCL reported %s", ncclGetErrorString(async));
         else
-            snprintf(c->why, sizeof c->why,
+            snprintf(why, sizeof why,
                      "a transfer made no progress for %.0f s (the timeout) after it could "
                      "start: a peer rank died or stopped answering", stalled);
         pthread_mutex_unlock(&c->wd_mu);
-        nc_abort(&c->base);
+        nc_abort_why(c, why);
         pthread_mutex_lock(&c->wd_mu);
     }
     pthread_mutex_unlock(&c->wd_mu);
@@ -299,10 +363,12 @@ static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     void *cur;
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
-    long long slot = wd_begin(c);
-    PC_NCCL_TRY(ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
-                         (cudaStream_t)c->stream));
-    wd_end(c, slot);
+    long long slot;
+    PC_TRY(wd_begin(c, "send", &slot));
+    ncclResult_t r = ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
+                              (cudaStream_t)c->stream);
+    wd_end(c, slot, r == ncclSuccess);
+    if (r != ncclSuccess) return nccl_fail(r, "ncclSend", __FILE__, __LINE__);
     return pc_cuda_record_stream(c->device, t->storage->data, c->stream);
 }
 
@@ -315,10 +381,12 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     void *cur;
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
-    long long slot = wd_begin(c);
-    PC_NCCL_TRY(ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
-                         (cudaStream_t)c->stream));
-    wd_end(c, slot);
+    long long slot;
+    PC_TRY(wd_begin(c, "recv", &slot));
+    ncclResult_t r = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
+                              (cudaStream_t)c->stream);
+    wd_end(c, slot, r == ncclSuccess);
+    if (r != ncclSuccess) return nccl_fail(r, "ncclRecv", __FILE__, __LINE__);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -357,15 +425,18 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     /* the buffer was allocated on the current stream: the transfer must follow that */
     if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
     if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
-    if (st == PC_OK) {
-        long long slot = wd_begin(c);
+    long long slot;
+    if (st == PC_OK && (st = wd_begin(c, "recv", &slot)) == PC_OK) {
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
                                    c->comm, (cudaStream_t)c->stream);
-        if (nr != ncclSuccess) st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
-        else if ((st = pc_cuda_event_record(r->event, c->stream)) != PC_OK)
+        PcStatus rec = nr == ncclSuccess ? pc_cuda_event_record(r->event, c->stream) : PC_OK;
+        wd_end(c, slot, nr == ncclSuccess);
+        if (nr != ncclSuccess) {
+            st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
+        } else if (rec != PC_OK) {
+            st = rec;
             nc_abort(cm); /* a queued receive nobody waits for would misalign the peer */
-        else
-            wd_end(c, slot);
+        }
     }
     if (st != PC_OK) {
         nc_recv_drop(cm, r);
@@ -401,17 +472,20 @@ static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *bu
         st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: staging copy failed: %s",
                           cudaGetErrorString(ce));
     } else {
-        long long slot = wd_begin(c);
-        ncclResult_t r = ncclGroupStart();
-        if (r == ncclSuccess) r = ncclSend(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
-        if (r == ncclSuccess && n)
-            r = ncclSend((char *)d + 8, n, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
-        ncclResult_t r2 = ncclGroupEnd();
-        if (r == ncclSuccess) r = r2;
-        wd_end(c, slot);
-        if (r != ncclSuccess) st = nccl_fail(r, "ncclSend(bytes)", __FILE__, __LINE__);
-        else
-            st = nc_sync(c, c->stream, "send_bytes");
+        long long slot;
+        st = wd_begin(c, "send_bytes", &slot);
+        if (st == PC_OK) {
+            ncclResult_t r = ncclGroupStart();
+            if (r == ncclSuccess)
+                r = ncclSend(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+            if (r == ncclSuccess && n)
+                r = ncclSend((char *)d + 8, n, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+            ncclResult_t r2 = ncclGroupEnd();
+            if (r == ncclSuccess) r = r2;
+            wd_end(c, slot, r == ncclSuccess);
+            if (r != ncclSuccess) st = nccl_fail(r, "ncclSend(bytes)", __FILE__, __LINE__);
+            else st = nc_sync(c, c->stream, "send_bytes");
+        }
     }
     cudaFree(d);
     return st;
@@ -426,10 +500,15 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 8));
     uint64_t n64 = 0;
-    long long slot = wd_begin(c);
+    long long slot;
+    PcStatus sync = wd_begin(c, "recv_bytes", &slot);
+    if (sync != PC_OK) {
+        cudaFree(d);
+        return sync;
+    }
     ncclResult_t r = ncclRecv(d, 8, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
-    wd_end(c, slot);
-    PcStatus sync = r == ncclSuccess ? nc_sync(c, c->stream, "recv_bytes") : PC_OK;
+    wd_end(c, slot, r == ncclSuccess);
+    sync = r == ncclSuccess ? nc_sync(c, c->stream, "recv_bytes") : PC_OK;
     cudaError_t ce = cudaSuccess;
     if (r == ncclSuccess && sync == PC_OK) ce = cudaMemcpy(&n64, d, 8, cudaMemcpyDeviceToHost);
     cudaFree(d);
@@ -445,11 +524,12 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
             return pc_set_error(PC_ERR_OOM, "nccl recv_bytes: device staging of %llu bytes",
                                 (unsigned long long)n64);
         }
-        slot = wd_begin(c);
-        r = ncclRecv(d, n64, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
-        wd_end(c, slot);
-        if (r != ncclSuccess) st = nccl_fail(r, "ncclRecv(bytes)", __FILE__, __LINE__);
-        else if ((st = nc_sync(c, c->stream, "recv_bytes")) == PC_OK &&
+        if ((st = wd_begin(c, "recv_bytes", &slot)) == PC_OK) {
+            r = ncclRecv(d, n64, ncclUint8, peer, c->comm, (cudaStream_t)c->stream);
+            wd_end(c, slot, r == ncclSuccess);
+            if (r != ncclSuccess) st = nccl_fail(r, "ncclRecv(bytes)", __FILE__, __LINE__);
+        }
+        if (st == PC_OK && (st = nc_sync(c, c->stream, "recv_bytes")) == PC_OK &&
                  (ce = cudaMemcpy(host, d, n64, cudaMemcpyDeviceToHost)) != cudaSuccess)
             st = pc_set_error(PC_ERR_CUDA, "nccl recv_bytes: %s", cudaGetErrorString(ce));
         cudaFree(d);
@@ -474,10 +554,12 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     void *p = pc_tensor_data(t);
-    long long slot = wd_begin(c);
-    PC_NCCL_TRY(ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
-                              (cudaStream_t)c->stream));
-    wd_end(c, slot);
+    long long slot;
+    PC_TRY(wd_begin(c, "all_reduce", &slot));
+    ncclResult_t r = ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
+                                   (cudaStream_t)c->stream);
+    wd_end(c, slot, r == ncclSuccess);
+    if (r != ncclSuccess) return nccl_fail(r, "ncclAllReduce", __FILE__, __LINE__);
     PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
@@ -491,10 +573,10 @@ static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     PcStatus st = PC_OK;
     cudaError_t ce = cudaSuccess;
     if (cm->rank == root) ce = cudaMemcpy(d, buf, n, cudaMemcpyHostToDevice);
-    if (ce == cudaSuccess) {
-        long long slot = wd_begin(c);
+    long long slot;
+    if (ce == cudaSuccess && (st = wd_begin(c, "broadcast", &slot)) == PC_OK) {
         ncclResult_t r = ncclBroadcast(d, d, n, ncclUint8, root, c->comm, (cudaStream_t)c->stream);
-        wd_end(c, slot);
+        wd_end(c, slot, r == ncclSuccess);
         if (r != ncclSuccess) st = nccl_fail(r, "ncclBroadcast", __FILE__, __LINE__);
         else if ((st = nc_sync(c, c->stream, "broadcast")) == PC_OK && cm->rank != root)
             ce = cudaMemcpy(buf, d, n, cudaMemcpyDeviceToHost);
@@ -526,8 +608,12 @@ static PcStatus nc_connect_peers(NcclComm *c) {
     if (c->base.world < 2) return PC_OK;
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 2 * (size_t)c->base.world));
-    PcStatus st = PC_OK;
-    long long slot = wd_begin(c);
+    long long slot;
+    PcStatus st = wd_begin(c, "connecting to peers", &slot);
+    if (st != PC_OK) {
+        cudaFree(d);
+        return st;
+    }
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; r == ncclSuccess && p < c->base.world; p++) {
         if (p == c->base.rank) continue;
@@ -538,17 +624,11 @@ static PcStatus nc_connect_peers(NcclComm *c) {
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;
-    wd_end(c, slot);
+    wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) st = nccl_fail(r, "connecting to peers", __FILE__, __LINE__);
     else st = nc_sync(c, c->stream, "connecting to peers");
     cudaFree(d);
     return st;
-}
-
-static void nc_abort(PcComm *cm) {
-    NcclComm *c = NC(cm);
-    if (!c->comm || atomic_exchange(&c->aborted, 1)) return;
-    ncclCommAbort(c->comm);
 }
 
 static void nc_destroy(PcComm *cm) {
@@ -558,6 +638,8 @@ static void nc_destroy(PcComm *cm) {
     if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);
     c->comm = NULL;
     pthread_mutex_destroy(&c->wd_mu);
+    pthread_mutex_destroy(&c->io_mu);
+    pthread_mutex_destroy(&c->abort_mu);
     pthread_cond_destroy(&c->wd_cv);
     free(c);
 }
@@ -608,6 +690,8 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
     c->base.timeout_s = timeout_s;
     c->device = device;
     pthread_mutex_init(&c->wd_mu, NULL);
+    pthread_mutex_init(&c->io_mu, NULL);
+    pthread_mutex_init(&c->abort_mu, NULL);
     pthread_cond_init(&c->wd_cv, NULL);
     PcStatus st = pc_cuda_comm_stream(device, 0, &c->stream);
     ncclResult_t r = st == PC_OK ? ncclCommInitRank(&c->comm, world, id, rank) : ncclSuccess;
