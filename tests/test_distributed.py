@@ -259,33 +259,28 @@ def case_nccl_long_compute_before_transfer():
     print("OK", flush=True)
 
 
-def case_nccl_stuck_self_send():
-    """World of one on NCCL: a send to itself outside a group waits forever for its receive
-    (queued behind it on the same comm stream). The host then blocks in a stream
-    synchronize that is not pipec's wait; the watchdog must abort the communicator within
-    the timeout, the synchronize must return, and the next operation must name the reason."""
+def case_nccl_failed_call():
+    """World of one on NCCL: a call NCCL refuses (a send to oneself outside a group) raises
+    PipelineError naming it, and the group stays usable: later calls work (the failed one
+    released the issue lock and left nothing for the watchdog), also after waiting longer
+    than the timeout (the watchdog has nothing to abort)."""
     import pipec
     import pipec.distributed as dist
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
                             world_size=1, timeout=2)
     t = pipec.ones(1024, device="cuda:0")
-    r = pipec.zeros(1024, device="cuda:0")
-    t0 = time.monotonic()
-    dist.send(t, 0)
-    dist.recv(r, 0)
     try:
-        pipec.cuda.synchronize()
-        print("synchronize returned after %.1f s" % (time.monotonic() - t0), flush=True)
-    except Exception as e:  # an aborted NCCL kernel may surface as a CUDA error here
-        print("synchronize raised after %.1f s: %s: %s" % (time.monotonic() - t0,
-                                                          type(e).__name__, e), flush=True)
-    if float(r.sum().item()) == 1024.0:
-        print("self transfer completed (no hang)", flush=True)
-    try:
-        dist.all_reduce(t)
-        print("all_reduce after the hang did not fail", flush=True)
+        dist.send(t, 0)
+        print("send to self was accepted", flush=True)
     except pipec.PipelineError as e:
-        print("next op: %s" % e, flush=True)
+        print("send to self: %s" % e, flush=True)
+    dist.all_reduce(t)
+    pipec.cuda.synchronize()
+    time.sleep(2.5)
+    dist.all_reduce(t)
+    dist.barrier()
+    pipec.cuda.synchronize()
+    assert float(t.sum().item()) == 1024.0
     dist.destroy_process_group()
     print("OK", flush=True)
 
@@ -322,6 +317,28 @@ def case_silent_peer():
     except pipec.PipelineError as e:
         print(f"ERROR after {time.monotonic() - t0:.2f}s: {e}")
         raise
+
+
+def case_nccl_silent_peer():
+    """NCCL, one GPU per rank: rank 1 stays alive but never sends. Rank 0 queues the receive
+    and then blocks in a CUDA synchronize (not a pipec wait with a deadline): the watchdog
+    must abort the communicator after the 2 s timeout, releasing the synchronize, and the
+    next call must fail naming the reason."""
+    import pipec
+    import pipec.distributed as dist
+    dist.init_process_group(backend="nccl", timeout=2)
+    if dist.get_rank() == 1:
+        time.sleep(10)
+        return
+    t = pipec.zeros(1 << 16, device="cuda:0")
+    t0 = time.monotonic()
+    dist.recv(t, 1)
+    try:
+        pipec.cuda.synchronize()
+    except Exception as e:  # an aborted NCCL kernel may surface as a CUDA error here
+        print(f"synchronize raised: {type(e).__name__}: {e}", flush=True)
+    print(f"released after {time.monotonic() - t0:.2f}s", flush=True)
+    dist.barrier()  # must raise
 
 
 def case_join(timeout="3"):
@@ -436,18 +453,14 @@ def test_nccl_group_of_one_process():
 
 
 @pytest.mark.cuda
-def test_nccl_watchdog_aborts_a_stuck_transfer():
-    """A transfer that never completes while the host waits in a CUDA call of its own (not a
-    pipec wait with a deadline): the watchdog aborts the communicator after `timeout` (2 s)
-    and the next operation fails naming the reason, instead of the process hanging."""
-    res = subprocess.run([sys.executable, HERE, "case_nccl_stuck_self_send"],
+def test_nccl_failed_call_leaves_the_group_usable():
+    """NCCL refuses a send to oneself outside a group ("invalid usage"): the error names the
+    call, and the communicator goes on working (no lock left held, no false abort)."""
+    res = subprocess.run([sys.executable, HERE, "case_nccl_failed_call"],
                          capture_output=True, text=True, timeout=90, cwd=ROOT, env=_env())
     out = res.stdout + res.stderr
     assert res.returncode == 0 and "OK" in res.stdout, out
-    assert "self transfer completed" not in res.stdout, out
-    assert "made no progress" in res.stdout, out
-    secs = float(re.search(r"synchronize \w+ after ([\d.]+) s", res.stdout).group(1))
-    assert 1.5 < secs < 15, out
+    assert "send to self: " in res.stdout and "ncclSend failed" in res.stdout, out
 
 
 @pytest.mark.cuda
@@ -516,6 +529,16 @@ def test_silent_rank_times_out_naming_it():
     assert "timed out after 1.5s" in se and "from rank 1 (tag 11)" in se, se
     waited = float(so.split("ERROR after ")[1].split("s:")[0])
     assert 1.3 < waited < 5, so
+
+
+@pytest.mark.multigpu
+def test_nccl_silent_rank_is_aborted_by_the_watchdog():
+    out, secs = _spawn([0, 1], 2, "case_nccl_silent_peer")
+    rc, so, se = out[0]
+    assert rc != 0 and "PipelineError" in se, so + se
+    assert "made no progress" in se, se
+    released = float(so.split("released after ")[1].split("s")[0])
+    assert 1.5 < released < 8, so  # the 2 s timeout plus the watchdog's 100 ms look
 
 
 def test_rank_that_never_joins_is_named():
