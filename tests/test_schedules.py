@@ -820,10 +820,19 @@ def test_unknown_schedule_name_in_local_pipeline():
 
 # ---- skip connections across ranks ----
 
-@pytest.mark.parametrize("schedule,ranks", [("ZBVZeroBubble", 2), ("DualPipeV", 2),
-                                            ("1F1B", 4), ("GPipe", 4),
-                                            ("Interleaved1F1B", 2)])
-def test_skip_connections_across_ranks(schedule, ranks):
+def _skip_configs():
+    out = [pytest.param(s, r, "cpu", id=f"{s}-r{r}-cpu")
+           for s, r in [("ZBVZeroBubble", 2), ("DualPipeV", 2), ("1F1B", 4), ("GPipe", 4),
+                        ("Interleaved1F1B", 2)]]
+    # one rank per GPU: values and gradients with two consumers cross GPUs (peer copies, and
+    # the sum of a gradient from each GPU)
+    out += [pytest.param(s, 2, "multigpu", marks=pytest.mark.multigpu, id=f"{s}-r2-multigpu")
+            for s in ("ZBVZeroBubble", "DualPipeV", "Interleaved1F1B")]
+    return out
+
+
+@pytest.mark.parametrize("schedule,ranks,kind", _skip_configs())
+def test_skip_connections_across_ranks(schedule, ranks, kind):
     """SkipConnections: stage 1's output feeds stage 3 as well. With the V placement (rank 0:
     stages 0 and 3, rank 1: 1 and 2) that edge crosses ranks while stage 2 is on stage 1's
     rank, so the lowered order has no SEND_F for stage 1: the runtime must move such values
@@ -831,14 +840,15 @@ def test_skip_connections_across_ranks(schedule, ranks):
     from model_registry import SkipConnections
     n = 4
     pipec.manual_seed(3)
-    model = SkipConnections(D_HID)
+    dev = _ref_device(kind)
+    model = SkipConnections(D_HID).to(dev)
     ref = copy.deepcopy(model)
-    x = pipec.randn(BATCH, D_HID)
-    y = pipec.randn(BATCH, D_HID)
+    x = pipec.randn(BATCH, D_HID, device=dev)
+    y = pipec.randn(BATCH, D_HID, device=dev)
     pipe = pipeline(model, (pipec.tensor_split(x, n, 0)[0],))
     assert pipe.num_stages == 4
-    lp = LocalPipeline(pipe, schedule, n, ["cpu"] * ranks, loss_fn=mse_sum, scale_grads=False,
-                       timeout=20)
+    lp = LocalPipeline(pipe, schedule, n, _devices(kind, ranks), loss_fn=mse_sum,
+                       scale_grads=False, timeout=20)
     losses = []
     out = lp.step(x, target=y, losses=losses)
     ref_out, ref_losses = ref_step(ref, [x], y, n, mse_sum)
