@@ -355,3 +355,23 @@ class SkipConnections(pipec.nn.Module):
         h2 = pipec.relu(self.l2(h1))
         pipe_split()
         return self.l3(h2) + h1 + h0
+
+
+class TiedWeights(pipec.nn.Module):
+    """An input projection whose weight is reused (transposed use, as tied embeddings are)
+    by the output layer: after pipeline() the first and the last stage each hold a copy of
+    ``emb.weight``. One stage per layer (``n_layers`` stages)."""
+
+    def __init__(self, d_hid: int, n_layers: int = 2):
+        super().__init__()
+        self.emb = pipec.nn.Linear(d_hid, d_hid, bias=False)
+        self.layers = pipec.nn.ModuleList([pipec.nn.Linear(d_hid, d_hid)
+                                           for _ in range(n_layers)])
+
+    def forward(self, x):
+        h = pipec.relu(self.emb(x))
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                pipe_split()
+            h = pipec.relu(layer(h))
+        return pipec.nn.functional.linear(h, self.emb.weight.t())

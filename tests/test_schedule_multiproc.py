@@ -513,7 +513,7 @@ def case_zoo(model_name, schedule, n):
         return SkipConnections(ts.D_HID).to(dev)
 
     make = {"MultiMLP": ts.new_multimlp, "ExampleCode": ts.new_example_code,
-            "SkipConnections": skip_model}[model_name]
+            "SkipConnections": skip_model, "TiedWeights": ts.new_tied}[model_name]
     model = make(n_stages, DEV)
     ref = copy.deepcopy(model)
     x0, _ = _data(0, 2 * n, ts.D_HID, "float", ts.D_HID)
@@ -562,6 +562,17 @@ def test_skip_connections_across_processes(schedule, world):
     """Stage 1's output also feeds stage 3 on another process (with V placement, stage 2
     sits on stage 1's rank, so no SEND_F action carries it)."""
     res, _ = _launch(world, "case_zoo", "SkipConnections", schedule, 4)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule,world", [("1F1B", 2), ("Interleaved1F1B", 2),
+                                            ("ZBVZeroBubble", 2), ("DualPipeV", 2),
+                                            ("GPipe", 4), ("LoopedBFS", 4)])
+def test_tied_weights_across_processes(schedule, world):
+    """emb.weight has a copy on the first and on the last stage: after each step both copies
+    hold the unpipelined gradient, summed across processes (or on one process for the V
+    placement, where stages 0 and 2*world-1 share rank 0); two accumulating steps."""
+    res, _ = _launch(world, "case_zoo", "TiedWeights", schedule, 4)
     _assert_ok(res, world)
 
 
@@ -847,7 +858,8 @@ def test_schedule_numerics_nccl(schedule, frontend):
     ("case_kwargs", ("1F1B", 4)), ("case_custom_dw", ("ZBVZeroBubble", 4)),
     ("case_eval", ("Interleaved1F1B", 4)), ("case_multi_iter", ("1F1B", 4, 20)),
     ("case_custom_schedule", ("Unbalanced", 2)),
-    ("case_custom_schedule", ("DualPipeVCustomFns", 4)), ("case_shape_mismatch", ())])
+    ("case_custom_schedule", ("DualPipeVCustomFns", 4)), ("case_shape_mismatch", ()),
+    ("case_zoo", ("TiedWeights", "1F1B", 4))])
 def test_ported_cases_nccl(case, args):
     res, _ = _launch(2, case, *args, backend="nccl")
     _assert_ok(res, 2)

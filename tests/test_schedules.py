@@ -179,16 +179,20 @@ def assert_close(actual, expected, what):
 
 
 def stage_grads(modules):
-    """{parameter name: summed gradient} over stage modules (a parameter copied into several
-    stages contributes every copy's gradient); names of parameters without a gradient map to
-    None unless another copy has one."""
+    """{parameter name: gradient} over stage modules. A parameter copied into several stages
+    (tied weights) must have the same gradient in every copy, the sum over copies (pipec sums
+    them after each step); names of parameters without a gradient map to None."""
     out = {}
     for mod, prefix in modules:
         for name, p in mod.named_parameters():
             key = prefix + name
             g = None if p.grad is None else np_(p.grad)
-            if key in out and out[key] is not None:
-                out[key] = out[key] + g if g is not None else out[key]
+            if key in out:
+                prev = out[key]
+                assert (prev is None) == (g is None), f"{key}: a copy without a gradient"
+                if g is not None:
+                    np.testing.assert_allclose(g, prev, rtol=1e-6, atol=1e-7,
+                                               err_msg=f"tied copies of {key} differ")
             else:
                 out[key] = g
     return out
@@ -411,16 +415,20 @@ def _dw_configs():
     return out
 
 
-def new_multimlp_with_dw(n_stages, device):
-    """The zoo's U(-0.001, 0.001) initialisation makes the first stages' gradients of an
-    8-stage model underflow (~1e-43), which any tolerance accepts; re-initialise every
-    parameter with U(-b, b), b = sqrt(3 / d) (unit variance gain per linear layer)."""
-    pipec.manual_seed(4321)
-    model = MultiMLPWithDw(D_HID, n_layers=n_stages)
+def _unit_gain(model, device):
+    """Every parameter re-initialised with U(-b, b), b = sqrt(3 / d) (unit variance gain per
+    linear layer), then moved to device."""
     b = (3.0 / D_HID) ** 0.5
     for p in model.parameters():
         pipec.nn.init.uniform_(p, -b, b)
     return model.to(device)
+
+
+def new_multimlp_with_dw(n_stages, device):
+    """The zoo's U(-0.001, 0.001) initialisation makes the first stages' gradients of an
+    8-stage model underflow (~1e-43), which any tolerance accepts: unit gain instead."""
+    pipec.manual_seed(4321)
+    return _unit_gain(MultiMLPWithDw(D_HID, n_layers=n_stages), device)
 
 
 @pytest.mark.parametrize("schedule,ranks,n,kind", _dw_configs())
@@ -816,6 +824,68 @@ def test_unknown_schedule_name_in_local_pipeline():
     _, pipe, _ = _small_pipe(2, 4)
     with pytest.raises(ValueError, match="NoSuchSchedule"):
         LocalPipeline(pipe, "NoSuchSchedule", 4, ["cpu"] * 2, loss_fn=mse_sum)
+
+
+# ---- tied weights: copies in several stages, gradients summed ----
+
+def new_tied(n_stages, device="cpu"):
+    from model_registry import TiedWeights
+    pipec.manual_seed(5)
+    return _unit_gain(TiedWeights(D_HID, n_layers=n_stages), device)
+
+
+@pytest.mark.parametrize("schedule,ranks,kind", [(s, 2, "cpu") for s in SCHEDULES] +
+                         [("1F1B", 4, "cpu"), ("ZBVZeroBubble", 4, "cpu"),
+                          pytest.param("1F1B", 2, "multigpu", marks=pytest.mark.multigpu),
+                          pytest.param("Interleaved1F1B", 2, "multigpu",
+                                       marks=pytest.mark.multigpu)])
+def test_tied_weights_gradients_are_summed(schedule, ranks, kind):
+    """TiedWeights: emb.weight is used by the first and the last stage, which pipeline()
+    gives a copy each. After every step each copy holds the sum of both copies' gradients,
+    the unpipelined model's gradient, also when steps accumulate into .grad (two steps,
+    scale_grads on: only this step's part is summed and scaled)."""
+    n = 4
+    n_stages = ranks * stages_per_rank(schedule)
+    dev = _ref_device(kind)
+    model = new_tied(n_stages, dev)
+    ref = copy.deepcopy(model)
+    pipe = trace(model, (pipec.tensor_split(pipec.randn(BATCH, D_HID, device=dev), n, 0)[0],))
+    assert pipe.replicated_params == [{"submod_0": "emb.weight",
+                                       f"submod_{n_stages - 1}": "emb.weight"}]
+    lp = LocalPipeline(pipe, schedule, n, _devices(kind, ranks), loss_fn=mse_mean, timeout=20)
+    what = f"TiedWeights {schedule} ranks={ranks} {kind}"
+    for step in range(2):
+        x = pipec.randn(BATCH, D_HID, device=dev)
+        y = pipec.randn(BATCH, D_HID, device=dev)
+        losses = []
+        lp.step(x, target=y, losses=losses)
+        _, ref_losses = ref_step(ref, [x], y, n, mse_mean)
+        assert_losses(losses, ref_losses, f"{what} step {step}")
+    # the reference accumulated 2 steps x n microbatch backwards; scale_grads divided each
+    # step's pipelined gradients by n
+    assert_grads(pipe_modules(pipe), ref, 1.0 / n, what)
+    copies = [pipe.get_stage_module(i).emb.weight for i in (0, n_stages - 1)]
+    assert copies[0] is not copies[1]
+
+
+def test_tied_weights_sum_can_be_turned_off():
+    """sum_tied_grads = False keeps torch's behaviour (each copy keeps its own gradient, for
+    code that all-reduces tied gradients itself): the copies' gradients then add up to the
+    reference."""
+    n = 4
+    model = new_tied(2)
+    ref = copy.deepcopy(model)
+    x = pipec.randn(BATCH, D_HID)
+    y = pipec.randn(BATCH, D_HID)
+    pipe = trace(model, (pipec.tensor_split(x, n, 0)[0],))
+    lp = LocalPipeline(pipe, "1F1B", n, ["cpu"] * 2, loss_fn=mse_sum, scale_grads=False)
+    lp.sum_tied_grads = False
+    lp.step(x, target=y)
+    ref_step(ref, [x], y, n, mse_sum)
+    g0 = np_(pipe.get_stage_module(0).emb.weight.grad)
+    g1 = np_(pipe.get_stage_module(1).emb.weight.grad)
+    check_close(g0 + g1, np_(ref.emb.weight.grad), "sum of the copies")
+    assert not np.allclose(g0, g1)
 
 
 # ---- skip connections across ranks ----

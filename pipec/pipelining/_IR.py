@@ -359,8 +359,11 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
                 t = (nn.Parameter(data, requires_grad=t.requires_grad)
                      if name not in buffer_names else data)
             tensors[name] = t
-        stages.append(_StageModule(sprog, si, pnames, tensors,
-                                   {n for n in pnames if n in buffer_names}))
+        stage = _StageModule(sprog, si, pnames, tensors, {n for n in pnames if n in buffer_names})
+        # tied parameters: which stages hold a copy (their gradients are summed after a step)
+        object.__setattr__(stage, "_tied", {n: tuple(users[n]) for n in pnames
+                                            if n in multi and n not in buffer_names})
+        stages.append(stage)
         wiring.append((tuple(ins), tuple(outs)))
     return Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,
                 len(in_leaves))

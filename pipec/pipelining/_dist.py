@@ -41,6 +41,10 @@ def _meta_tag(stage):
     return _TAG_BASE | stage
 
 
+def _tied_tag(k):  # the k-th tied parameter's gradient sum (k < 2**19; stages < 4096)
+    return _TAG_BASE | (1 << 19) | k
+
+
 class PipeliningShapeError(RuntimeError):
     """A stage input or output whose shape or dtype differs from what shape inference fixed
     at the first step (message: "shape mismatch" or "dtype mismatch")."""
@@ -286,6 +290,37 @@ class _DistExecutor(_Executor):
                                                 "dtype mismatch" in msg):
                 e = PipeliningShapeError(msg)
             errors[self.my_global] = e
+
+    def _sum_tied_across_ranks(self, k, holders, like, total):
+        """Adds the sums of the other ranks holding copies of tied parameter k: a pairwise
+        exchange with each, pairs taken in one global order and the lower rank of a pair
+        sending first, so neither TCP nor NCCL's in-order matching can deadlock."""
+        peers = sorted({self._peer(s) for s in holders})
+        me = self.my_global
+        if peers == [me]:
+            return total
+        from ..autograd import no_grad
+        with no_grad():
+            mine = total if total is not None else zeros(like.shape, dtype=like.dtype,
+                                                         device=str(like.device))
+            if self.comm.backend != "nccl":  # host transports move host memory
+                mine = mine.to("cpu")
+            mine = mine.contiguous()
+            acc = mine.clone()
+            for a in peers:
+                for b in peers:
+                    if a >= b or me not in (a, b):
+                        continue
+                    other = b if me == a else a
+                    buf = zeros(mine.shape, dtype=mine.dtype, device=str(mine.device))
+                    if me < other:
+                        self.comm.send(mine, other, _tied_tag(k))
+                        self.comm.recv(buf, other, _tied_tag(k))
+                    else:
+                        self.comm.recv(buf, other, _tied_tag(k))
+                        self.comm.send(mine, other, _tied_tag(k))
+                    acc.add_(buf)
+            return acc.to(str(like.device))
 
     def _collect_outputs(self):
         if not self.holds_last:

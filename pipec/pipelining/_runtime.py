@@ -67,6 +67,23 @@ class _Executor:
         self.custom_fns = {}      # action type name -> fn(action, ctx)
         self.schedule_ref = None
         self._arg_mbs = None
+        self.sum_tied_grads = True
+        self._tied = self._tied_groups()
+
+    def _tied_groups(self):
+        """[(name, stage indices holding a copy, {local stage index: Parameter})] for the
+        parameters pipeline() copied into several stages (tied weights), sorted by name."""
+        groups = {}
+        for st in self.stages:
+            tied = getattr(st.submod, "_tied", None) or {}
+            if not tied:
+                continue
+            params = dict(st.submod.named_parameters())
+            for name, holders in tied.items():
+                p = params.get(name)
+                if p is not None and p.requires_grad:
+                    groups.setdefault(name, (tuple(holders), {}))[1][st.stage_index] = p
+        return [(n, h, loc) for n, (h, loc) in sorted(groups.items())]
 
     def _check_indices(self):
         idx = [s.stage_index for s in self.stages]
@@ -151,8 +168,10 @@ class _Executor:
         # earlier steps are set aside and added back unscaled (torch divides the whole
         # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
         self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
-        held = self._hold_grads() if training and self.scale_grads and \
-            self.n_microbatches > 1 else None
+        scale = self.scale_grads and self.n_microbatches > 1
+        tied = self._tied if training and self.sum_tied_grads else []
+        # this step's gradients alone are needed to scale them and to sum tied copies
+        held = self._hold_grads() if training and (scale or tied) else None
         errors = {}
         self._drive(errors)
         try:
@@ -167,9 +186,14 @@ class _Executor:
                 for m in range(self.n_microbatches):
                     losses.append(self._rt.loss(m))
             if held is not None:
+                if scale:
+                    for p, _ in held:
+                        if p.grad is not None:
+                            p.grad.mul_(1.0 / self.n_microbatches)
+                if tied:
+                    self._sum_tied(tied)
                 for p, prev in held:
                     if p.grad is not None:
-                        p.grad.mul_(1.0 / self.n_microbatches)
                         if prev is not None:
                             prev.add_(p.grad)  # keep the user's .grad tensor
                             p.grad = prev
@@ -188,6 +212,27 @@ class _Executor:
 
     def _check_inputs(self, arg_mbs):
         pass  # in one process, microbatches may differ in shape
+
+    def _sum_tied(self, tied):
+        """Every copy of a tied parameter gets the sum of this step's gradients of all
+        copies, so the copies see what the unpipelined model's one parameter sees."""
+        from ..autograd import no_grad
+        with no_grad():
+            for k, (_, holders, local) in enumerate(tied):
+                first = next(iter(local.values()))
+                total = None
+                for p in local.values():
+                    if p.grad is not None:
+                        g = p.grad.to(str(first.device))
+                        total = g.clone() if total is None else total.add_(g)
+                total = self._sum_tied_across_ranks(k, holders, first, total)
+                if total is None:
+                    continue
+                for p in local.values():
+                    p.grad = total.to(str(p.device)).clone()
+
+    def _sum_tied_across_ranks(self, k, holders, like, total):
+        return total  # every stage is in this process
 
     def _drive(self, errors):
         """Run every rank's action list, one thread per rank; errors: rank -> exception."""
@@ -364,6 +409,12 @@ class _PipelineSchedule:
     #: set True to record the next steps' timelines (``timeline()``): per compute action its
     #: rank, text and start/end in microseconds (GPU time, from CUDA events, on CUDA stages)
     record_timeline = False
+    #: tied weights (one parameter used by several stages, which pipeline() gives a copy
+    #: each): after every training step each copy's gradient is the sum over all copies,
+    #: across ranks too, as the unpipelined model's parameter would get. Set False for
+    #: torch's behaviour (each copy keeps its own part), e.g. for code that all-reduces
+    #: them itself.
+    sum_tied_grads = True
 
     _CUSTOM_TYPES = ("F", "B", "I", "W", "OVERLAP_F_B", "UNSHARD", "RESHARD", "REDUCE_GRAD")
 
@@ -489,6 +540,7 @@ class _PipelineSchedule:
         arg_mbs = _split_inputs(args, kwargs, self._n_microbatches, self._args_chunk_spec,
                                 self._kwargs_chunk_spec)
         target_mbs = _split_target(target, self._n_microbatches) if self._loss_fn else None
+        ex.sum_tied_grads = self.sum_tied_grads
         outs = ex.run(arg_mbs, target_mbs, losses, training, self.record_timeline)
         if not return_outputs or outs is None:  # outputs live on the last stage's rank
             return None
@@ -653,6 +705,10 @@ class LocalPipeline:
         self.schedule._executor = self._executor
         self.last_step_seconds = None
 
+    #: see the schedules' ``sum_tied_grads``: copies of a tied weight get the sum of the
+    #: copies' gradients after every training step (False: torch's behaviour)
+    sum_tied_grads = True
+
     @property
     def pipeline_order(self):
         return self.schedule.pipeline_order
@@ -677,6 +733,7 @@ class LocalPipeline:
                                 self._kwargs_chunk_spec)
         target_mbs = _split_target(target, self.n_microbatches) if self._loss_fn else None
         t0 = time.perf_counter()
+        self._executor.sum_tied_grads = self.sum_tied_grads
         outs = self._executor.run(arg_mbs, target_mbs, losses, training, record_timeline)
         self.last_step_seconds = time.perf_counter() - t0
         if not return_outputs:
