@@ -375,3 +375,24 @@ class TiedWeights(pipec.nn.Module):
                 pipe_split()
             h = pipec.relu(layer(h))
         return pipec.nn.functional.linear(h, self.emb.weight.t())
+
+
+class TiedChain(pipec.nn.Module):
+    """Four stages sharing weights unevenly: ``a.weight`` is used by stages 0 and 3, ``b``
+    (weight and bias) by stages 1, 2 and 3. On one rank per stage the tied copies span two
+    and three ranks, and every rank holds a different set of them."""
+
+    def __init__(self, d_hid: int):
+        super().__init__()
+        self.a = pipec.nn.Linear(d_hid, d_hid)
+        self.b = pipec.nn.Linear(d_hid, d_hid)
+        self.c = pipec.nn.Linear(d_hid, d_hid)
+
+    def forward(self, x):
+        h = pipec.relu(self.a(x))
+        pipe_split()
+        h = pipec.relu(self.b(h))
+        pipe_split()
+        h = pipec.relu(self.b(h)) + pipec.relu(self.c(h))
+        pipe_split()
+        return pipec.nn.functional.linear(h, self.a.weight.t()) + self.b(h)

@@ -466,6 +466,7 @@ def case_disagree(what):
     cls = ScheduleGPipe if (what == "schedule" and rank == 1) else Schedule1F1B
     n = 8 if (what == "n_microbatches" and rank == 1) else 4
     sched = cls(stage, n, loss_fn=ts.mse_sum)
+    sched.sum_tied_grads = not (what == "sum_tied_grads" and rank == 1)
     x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
     try:
         sched.step(*((x,) if rank == 0 else ()),
@@ -513,7 +514,8 @@ def case_zoo(model_name, schedule, n):
         return SkipConnections(ts.D_HID).to(dev)
 
     make = {"MultiMLP": ts.new_multimlp, "ExampleCode": ts.new_example_code,
-            "SkipConnections": skip_model, "TiedWeights": ts.new_tied}[model_name]
+            "SkipConnections": skip_model, "TiedWeights": ts.new_tied,
+            "TiedChain": ts.new_tied_chain}[model_name]
     model = make(n_stages, DEV)
     ref = copy.deepcopy(model)
     x0, _ = _data(0, 2 * n, ts.D_HID, "float", ts.D_HID)
@@ -573,6 +575,15 @@ def test_tied_weights_across_processes(schedule, world):
     hold the unpipelined gradient, summed across processes (or on one process for the V
     placement, where stages 0 and 2*world-1 share rank 0); two accumulating steps."""
     res, _ = _launch(world, "case_zoo", "TiedWeights", schedule, 4)
+    _assert_ok(res, world)
+
+
+@pytest.mark.parametrize("schedule,world", [("GPipe", 4), ("1F1B", 4), ("Interleaved1F1B", 2)])
+def test_tied_weights_shared_unevenly_across_processes(schedule, world):
+    """TiedChain on one stage per rank: a.weight's copies on ranks 0 and 3, b's on ranks 1, 2
+    and 3, so ranks hold different sets of tied parameters and b's sum spans three ranks
+    (exchanged by number, in one global pair order)."""
+    res, _ = _launch(world, "case_zoo", "TiedChain", schedule, 4)
     _assert_ok(res, world)
 
 
@@ -810,7 +821,7 @@ def test_failing_rank_is_named_not_a_hang(mode, backend):
         assert "loss_fn failed on purpose" in se1, se1
 
 
-@pytest.mark.parametrize("what", ["schedule", "n_microbatches"])
+@pytest.mark.parametrize("what", ["schedule", "n_microbatches", "sum_tied_grads"])
 def test_ranks_that_disagree_are_refused(what):
     res, _ = _launch(2, "case_disagree", what)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -834,6 +834,36 @@ def new_tied(n_stages, device="cpu"):
     return _unit_gain(TiedWeights(D_HID, n_layers=n_stages), device)
 
 
+def new_tied_chain(n_stages, device="cpu"):
+    from model_registry import TiedChain
+    assert n_stages == 4
+    pipec.manual_seed(6)
+    return _unit_gain(TiedChain(D_HID), device)
+
+
+@pytest.mark.parametrize("schedule,ranks", [("GPipe", 4), ("1F1B", 4),
+                                            ("Interleaved1F1B", 2), ("DualPipeV", 2)])
+def test_tied_weights_shared_unevenly(schedule, ranks):
+    """TiedChain: a.weight on stages 0 and 3, b on stages 1, 2 and 3: each copy ends up
+    with the model's gradient, whatever set of tied copies a rank holds."""
+    n = 4
+    model = new_tied_chain(ranks * stages_per_rank(schedule))
+    ref = copy.deepcopy(model)
+    x = pipec.randn(BATCH, D_HID)
+    y = pipec.randn(BATCH, D_HID)
+    pipe = trace(model, (pipec.tensor_split(x, n, 0)[0],))
+    assert sorted(sorted(d.values())[0] for d in pipe.replicated_params) == \
+        ["a.weight", "b.bias", "b.weight"]
+    lp = LocalPipeline(pipe, schedule, n, ["cpu"] * ranks, loss_fn=mse_sum, scale_grads=False,
+                       timeout=20)
+    losses = []
+    lp.step(x, target=y, losses=losses)
+    _, ref_losses = ref_step(ref, [x], y, n, mse_sum)
+    what = f"TiedChain {schedule} ranks={ranks}"
+    assert_losses(losses, ref_losses, what)
+    assert_grads(pipe_modules(pipe), ref, 1.0, what)
+
+
 @pytest.mark.parametrize("schedule,ranks,kind", [(s, 2, "cpu") for s in SCHEDULES] +
                          [("1F1B", 4, "cpu"), ("ZBVZeroBubble", 4, "cpu"),
                           pytest.param("1F1B", 2, "multigpu", marks=pytest.mark.multigpu),

@@ -382,6 +382,19 @@ static PyObject *comm_barrier(PcPyComm *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *comm_wait_idle(PcPyComm *self, PyObject *unused) {
+    (void)unused;
+    PcComm *c = comm_enter(self);
+    if (!c) return NULL;
+    PcStatus st = PC_OK;
+    Py_BEGIN_ALLOW_THREADS
+    if (c->ops->wait_idle) st = c->ops->wait_idle(c);
+    Py_END_ALLOW_THREADS
+    comm_leave(self);
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *comm_all_reduce_sum(PcPyComm *self, PyObject *to) {
     PcTensor *t = tensor_arg(to);
     if (!t) return NULL;
@@ -538,6 +551,9 @@ static PyMethodDef comm_methods[] = {
     {"recv_bytes", (PyCFunction)(void (*)(void))comm_recv_bytes, METH_VARARGS | METH_KEYWORDS,
      "recv_bytes(peer, tag=0) -> bytes: a whole message of any size."},
     {"barrier", (PyCFunction)comm_barrier, METH_NOARGS, "barrier(): wait for every rank."},
+    {"wait_idle", (PyCFunction)comm_wait_idle, METH_NOARGS,
+     "wait_idle(): wait until this rank's queued transfers have finished (NCCL: within the "
+     "timeout, raising if the communicator was aborted; TCP sends are already on their way)."},
     {"all_reduce_sum", (PyCFunction)comm_all_reduce_sum, METH_O,
      "all_reduce_sum(tensor): in-place sum over every rank (identical result everywhere)."},
     {"broadcast_bytes", (PyCFunction)(void (*)(void))comm_broadcast_bytes,

@@ -347,6 +347,8 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
                   if len(sis) > 1]
     multi = {name for name, sis in users.items() if len(sis) > 1}
 
+    # tied parameters by one global number (their order by name), the same on every rank
+    tied_index = {n: k for k, n in enumerate(sorted(multi - buffer_names))}
     stages, wiring = [], []
     for si, (sprog, ins, exts, outs) in enumerate(pieces):
         pnames, tensors = [], {}
@@ -360,9 +362,10 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
                      if name not in buffer_names else data)
             tensors[name] = t
         stage = _StageModule(sprog, si, pnames, tensors, {n for n in pnames if n in buffer_names})
-        # tied parameters: which stages hold a copy (their gradients are summed after a step)
-        object.__setattr__(stage, "_tied", {n: tuple(users[n]) for n in pnames
-                                            if n in multi and n not in buffer_names})
+        # tied parameters: their number and the stages holding a copy (their gradients are
+        # summed after each step)
+        object.__setattr__(stage, "_tied", {n: (tied_index[n], tuple(users[n]))
+                                            for n in pnames if n in tied_index})
         stages.append(stage)
         wiring.append((tuple(ins), tuple(outs)))
     return Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,

@@ -41,7 +41,9 @@ def _meta_tag(stage):
     return _TAG_BASE | stage
 
 
-def _tied_tag(k):  # the k-th tied parameter's gradient sum (k < 2**19; stages < 4096)
+def _tied_tag(k):  # tied parameter k's gradient sum (stages < 4096 < 2**19)
+    if not 0 <= k < (1 << 19) - 1:
+        raise ValueError(f"a pipeline may have at most {(1 << 19) - 1} tied parameters")
     return _TAG_BASE | (1 << 19) | k
 
 
@@ -114,6 +116,8 @@ class _DistExecutor(_Executor):
         read the model's inputs (input_stages) were given some (n_inputs here)."""
         mine = dict(self.fingerprint)
         mine["orders"] = hashlib.sha256(repr(sorted(self.orders.items())).encode()).hexdigest()
+        # the tied-gradient exchange needs every holder (keep the setting fixed afterwards)
+        mine["sum_tied_grads"] = bool(self.sum_tied_grads)
         data = pickle.dumps((mine, n_inputs))
         problems = []
         given = {self.my_global: n_inputs}
@@ -291,6 +295,23 @@ class _DistExecutor(_Executor):
                 e = PipeliningShapeError(msg)
             errors[self.my_global] = e
 
+    def _sum_tied(self, tied):
+        """The exchange is part of the step: on failure the pipeline is broken (and an NCCL
+        communicator aborted, so no unmatched transfer pairs with a later one); on NCCL the
+        step ends when the exchanged sums have arrived."""
+        self._exchanged = False
+        try:
+            super()._sum_tied(tied)
+            if self._exchanged and self.comm.backend == "nccl":
+                self.comm.wait_idle()
+        except BaseException as e:
+            msg = str(e)
+            self._broken = "tied gradient exchange: " + (msg.splitlines()[0][:280] if msg
+                                                          else type(e).__name__)
+            if self.comm.backend == "nccl":
+                self.comm.abort()
+            raise
+
     def _sum_tied_across_ranks(self, k, holders, like, total):
         """Adds the sums of the other ranks holding copies of tied parameter k: a pairwise
         exchange with each, pairs taken in one global order and the lower rank of a pair
@@ -300,6 +321,7 @@ class _DistExecutor(_Executor):
         if peers == [me]:
             return total
         from ..autograd import no_grad
+        self._exchanged = True
         with no_grad():
             mine = total if total is not None else zeros(like.shape, dtype=like.dtype,
                                                          device=str(like.device))

@@ -68,22 +68,22 @@ class _Executor:
         self.schedule_ref = None
         self._arg_mbs = None
         self.sum_tied_grads = True
-        self._tied = self._tied_groups()
 
     def _tied_groups(self):
-        """[(name, stage indices holding a copy, {local stage index: Parameter})] for the
-        parameters pipeline() copied into several stages (tied weights), sorted by name."""
+        """[(number, stage indices holding a copy, {local stage index: Parameter})] for the
+        parameters pipeline() copied into several stages (tied weights), by number (the
+        same order on every rank). Looked up at each step: parameters may be replaced."""
         groups = {}
         for st in self.stages:
             tied = getattr(st.submod, "_tied", None) or {}
             if not tied:
                 continue
             params = dict(st.submod.named_parameters())
-            for name, holders in tied.items():
+            for name, (k, holders) in tied.items():
                 p = params.get(name)
-                if p is not None and p.requires_grad:
-                    groups.setdefault(name, (tuple(holders), {}))[1][st.stage_index] = p
-        return [(n, h, loc) for n, (h, loc) in sorted(groups.items())]
+                if p is not None:
+                    groups.setdefault(k, (tuple(holders), {}))[1][st.stage_index] = p
+        return [(k, h, loc) for k, (h, loc) in sorted(groups.items())]
 
     def _check_indices(self):
         idx = [s.stage_index for s in self.stages]
@@ -169,9 +169,13 @@ class _Executor:
         # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
         self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         scale = self.scale_grads and self.n_microbatches > 1
-        tied = self._tied if training and self.sum_tied_grads else []
-        # this step's gradients alone are needed to scale them and to sum tied copies
-        held = self._hold_grads() if training and (scale or tied) else None
+        tied = self._tied_groups() if training and self.sum_tied_grads else []
+        # this step's gradients alone are needed to scale them (all parameters) and to sum
+        # tied copies (those only)
+        held = None
+        if training and (scale or tied):
+            held = self._hold_grads(None if scale else
+                                    [p for _, _, loc in tied for p in loc.values()])
         errors = {}
         self._drive(errors)
         try:
@@ -214,11 +218,11 @@ class _Executor:
         pass  # in one process, microbatches may differ in shape
 
     def _sum_tied(self, tied):
-        """Every copy of a tied parameter gets the sum of this step's gradients of all
-        copies, so the copies see what the unpipelined model's one parameter sees."""
+        """Every copy of a tied parameter (that requires grad) gets the sum of this step's
+        gradients of all copies, what the unpipelined model's one parameter gets."""
         from ..autograd import no_grad
         with no_grad():
-            for k, (_, holders, local) in enumerate(tied):
+            for k, holders, local in tied:
                 first = next(iter(local.values()))
                 total = None
                 for p in local.values():
@@ -229,7 +233,8 @@ class _Executor:
                 if total is None:
                     continue
                 for p in local.values():
-                    p.grad = total.to(str(p.device)).clone()
+                    if p.requires_grad:
+                        p.grad = total.to(str(p.device)).clone()
 
     def _sum_tied_across_ranks(self, k, holders, like, total):
         return total  # every stage is in this process
@@ -257,16 +262,17 @@ class _Executor:
         """Last-stage outputs per microbatch (None where this process does not hold them)."""
         return [self._rt.outputs(m) for m in range(self.n_microbatches)]
 
-    def _hold_grads(self):
-        """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
-        cleared so that the step's backward starts from zero."""
+    def _hold_grads(self, params=None):
+        """[(parameter, its .grad)] for every distinct parameter of the stages (or of
+        `params`), with .grad cleared so that the step's backward starts from zero."""
+        if params is None:
+            params = [p for st in self.stages for p in st.submod.parameters()]
         held, seen = [], set()
-        for st in self.stages:
-            for p in st.submod.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    held.append((p, p.grad))
-                    p.grad = None
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                held.append((p, p.grad))
+                p.grad = None
         return held
 
 
