@@ -36,6 +36,52 @@ def test_grad_accumulates_across_backward_calls():
     assert_close(x.grad, 3 * x0 ** 2)
 
 
+def _linear_case(seed=0):
+    rng = np.random.default_rng(seed)
+    w = pipec.tensor(rng.standard_normal((5, 7)), dtype=pipec.float64, requires_grad=True)
+    xs = [pipec.tensor(rng.standard_normal((3, 7)), dtype=pipec.float64) for _ in range(3)]
+    gs = [rng.standard_normal((3, 5)) for _ in range(3)]
+    return w, xs, gs
+
+
+def test_linear_weight_grad_is_added_into_dot_grad():
+    """Once W.grad exists, linear's backward adds dY^T X into it with one GEMM (beta = 1)
+    instead of making a temporary and adding it: same numbers, same .grad tensor, one fused
+    accumulation per backward after the first."""
+    from pipec import _C
+    w, xs, gs = _linear_case()
+    before = _C._fused_grad_count()
+    expect = np.zeros((5, 7))
+    held = None
+    for x, g in zip(xs, gs):
+        F.linear(x, w).backward(pipec.tensor(g, dtype=pipec.float64))
+        expect += g.T @ to_np(x)
+        assert_close(w.grad, expect)
+        if held is None:
+            held = w.grad
+        assert w.grad is held
+    assert _C._fused_grad_count() - before == 2
+
+
+def test_linear_weight_grad_fusion_respects_the_pass():
+    """autograd.grad returns W's gradient and leaves W.grad alone; a .grad that is not a
+    plain contiguous tensor of W's shape is accumulated the ordinary way."""
+    from pipec import _C
+    w, xs, gs = _linear_case(1)
+    F.linear(xs[0], w).backward(pipec.tensor(gs[0], dtype=pipec.float64))
+    g0 = to_np(w.grad).copy()
+    before = _C._fused_grad_count()
+    (dw,) = pipec.autograd.grad(F.linear(xs[1], w), [w],
+                                grad_outputs=[pipec.tensor(gs[1], dtype=pipec.float64)])
+    assert_close(dw, gs[1].T @ to_np(xs[1]))
+    assert_close(w.grad, g0)
+    # a transposed (non-contiguous) .grad: no fusion, still the right sum
+    w.grad = pipec.tensor(g0.T.copy(), dtype=pipec.float64).t()
+    F.linear(xs[2], w).backward(pipec.tensor(gs[2], dtype=pipec.float64))
+    assert_close(w.grad, g0 + gs[2].T @ to_np(xs[2]))
+    assert _C._fused_grad_count() == before
+
+
 def test_grad_reset_to_none():
     x = leaf(_r(3))
     x.sum().backward()

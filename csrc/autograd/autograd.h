@@ -114,6 +114,18 @@ PcStatus pc_autograd_grad(int n_roots, PcTensor *const *roots, PcTensor *const *
                           int n_inputs, PcTensor *const *inputs, bool retain_graph,
                           bool allow_unused, PcTensor **results);
 
+/* Inside a node's apply: the .grad of the leaf that edge `edge` of `self` feeds, when this
+ * pass accumulates that gradient straight into it (full backward or phase W, the leaf still
+ * requires grad and already has a contiguous .grad of its own shape, dtype and device), so
+ * the node may add its gradient into .grad itself (a GEMM with beta = 1: no temporary, no
+ * separate addition) and return NULL for that edge. NULL otherwise. Borrowed. The caller
+ * bumps .grad's version after writing it. */
+PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge);
+/* A node added a gradient into .grad itself (counted for tests and profiling). */
+void pc_autograd_note_fused(void);
+/* How many gradients were added into .grad that way in this process. */
+long long pc_autograd_fused_count(void);
+
 typedef struct PcWeightWork PcWeightWork;
 
 /* Split backward, phase I: returns input gradients in results (as pc_autograd_grad) and the

@@ -500,6 +500,35 @@ static PcStatus work_queue(Pass *p, int i, const bool *mask) {
     return PC_OK;
 }
 
+/* The pass and node whose apply runs on this thread (for pc_autograd_fusable_grad). */
+static _Thread_local const Pass *tl_pass = NULL;
+static _Thread_local int tl_node = -1;
+
+static atomic_llong g_fused;
+
+void pc_autograd_note_fused(void) { atomic_fetch_add(&g_fused, 1); }
+
+long long pc_autograd_fused_count(void) { return atomic_load(&g_fused); }
+
+PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge) {
+    const Pass *p = tl_pass;
+    if (!p || tl_node < 0 || (p->mode != MODE_BACKWARD && p->mode != MODE_WEIGHT)) return NULL;
+    const NodeInfo *in = &p->info[tl_node];
+    if (in->node != self || edge < 0 || edge >= self->n_edges || !in->needs[edge]) return NULL;
+    int c = in->eidx[edge];
+    if (c < 0) return NULL;
+    const PcNode *cn = p->info[c].node;
+    PcTensor *leaf = cn->leaf;
+    if (!leaf || !leaf->requires_grad || !p->info[c].useful) return NULL;
+    PcTensor *g = leaf->grad;
+    if (!g || g->dtype != leaf->dtype || !pc_device_eq(g->device, leaf->device) ||
+        g->ndim != leaf->ndim || !pc_tensor_is_contiguous(g))
+        return NULL;
+    for (int d = 0; d < g->ndim; d++)
+        if (g->shape[d] != leaf->shape[d]) return NULL;
+    return g;
+}
+
 /* Call node i's apply with grad mode off and route its gradients along needed edges. */
 static PcStatus run_node(Pass *p, int i) {
     NodeInfo *in = &p->info[i];
@@ -512,7 +541,13 @@ static PcStatus run_node(Pass *p, int i) {
     if (!gin) return pc_set_error(PC_ERR_OOM, "autograd engine: out of host memory");
     bool prev = pc_grad_enabled();
     pc_set_grad_enabled(false);
+    const Pass *prev_pass = tl_pass;
+    int prev_node = tl_node;
+    tl_pass = p;
+    tl_node = i;
     PcStatus st = n->vt->apply(n, in->buf, in->needs, gin);
+    tl_pass = prev_pass;
+    tl_node = prev_node;
     pc_set_grad_enabled(prev);
     if (st != PC_OK) goto done;
     in->ran = true;

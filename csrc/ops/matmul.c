@@ -687,11 +687,18 @@ static PcStatus pc_linear_apply(PcNode *self, PcTensor *const *grad_outputs, con
         PC_TRY_GOTO(st, pc_mm_new(gr, w, 1.0, &t));
         PC_TRY_GOTO(st, pc_reshape_fresh(t, n->mx.ndim, n->mx.shape, &grad_inputs[0]));
     }
-    if (needs[1]) { /* dW = dY^T X */
+    if (needs[1]) { /* dW = dY^T X, added straight into W.grad when the pass allows */
         PC_TRY_GOTO(st, pc_saved_get(&n->x, self, &x));
         PC_TRY_GOTO(st, pc_as_rows(x, &xr));
         PC_TRY_GOTO(st, pc_mT_view(gr, &tv));
-        PC_TRY_GOTO(st, pc_mm_new(tv, xr, 1.0, &grad_inputs[1]));
+        PcTensor *wgrad = pc_autograd_fusable_grad(self, 1);
+        if (wgrad && wgrad->dtype == gr->dtype && pc_device_eq(wgrad->device, gr->device)) {
+            PC_TRY_GOTO(st, pc_gemm2d(tv, xr, 1.0, 1.0, NULL, wgrad));
+            pc_tensor_bump_version(wgrad);
+            pc_autograd_note_fused();
+        } else {
+            PC_TRY_GOTO(st, pc_mm_new(tv, xr, 1.0, &grad_inputs[1]));
+        }
     }
     if (n->base.n_edges > 2 && needs[2]) { /* db = sum of dY over rows */
         int64_t nout = gr->shape[1];

@@ -555,7 +555,16 @@ done:
 
 /* ---- tables and init ---- */
 
+static PyObject *f_fused_grad_count(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    return PyLong_FromLongLong(pc_autograd_fused_count());
+}
+
 PyMethodDef pc_py_autograd_functions[] = {
+    {"_fused_grad_count", (PyCFunction)f_fused_grad_count, METH_NOARGS,
+     "Gradients added straight into .grad by their node (e.g. linear's dW GEMM with beta=1) "
+     "since the process started."},
     {"is_grad_enabled", (PyCFunction)f_is_grad_enabled, METH_NOARGS,
      "True when autograd records operations on this thread."},
     {"_set_grad_enabled", (PyCFunction)f_set_grad_enabled, METH_O,
