@@ -63,6 +63,24 @@ def test_linear_weight_grad_is_added_into_dot_grad():
     assert _C._fused_grad_count() - before == 2
 
 
+def test_matmul_weight_grad_is_added_into_dot_grad():
+    """x @ W with a 2-D leaf W: batched and vector x too (the batch folds into one GEMM
+    that adds into W.grad)."""
+    from pipec import _C
+    rng = np.random.default_rng(2)
+    w = pipec.tensor(rng.standard_normal((6, 4)), dtype=pipec.float64, requires_grad=True)
+    expect = np.zeros((6, 4))
+    before = _C._fused_grad_count()
+    for shape in [(3, 6), (2, 3, 6), (6,), (5, 6)]:
+        x = rng.standard_normal(shape)
+        out = pipec.matmul(pipec.tensor(x, dtype=pipec.float64), w)
+        g = rng.standard_normal(tuple(out.shape))
+        out.backward(pipec.tensor(g, dtype=pipec.float64))
+        expect += x.reshape(-1, 6).T @ g.reshape(-1, 4)
+        assert_close(w.grad, expect)
+    assert _C._fused_grad_count() - before == 3
+
+
 def test_linear_weight_grad_fusion_respects_the_pass():
     """autograd.grad returns W's gradient and leaves W.grad alone; a .grad that is not a
     plain contiguous tensor of W's shape is accumulated the ordinary way."""

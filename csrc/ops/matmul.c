@@ -407,7 +407,18 @@ static PcStatus pc_matmul_apply(PcNode *self, PcTensor *const *grad_outputs, con
         bool b_plain = n->mb.ndim <= 2;
         bool a_full = ap->ndim == gf->ndim;
         for (int i = 0; a_full && i < ap->ndim - 2; i++) a_full = ap->shape[i] == gf->shape[i];
-        if (b_plain && a_full && ap->ndim > 2) {
+        /* a 2-D B (a weight) whose pass accumulates into its .grad: add into it directly */
+        PcTensor *bgrad = n->mb.ndim == 2 && a_full ? pc_autograd_fusable_grad(self, 1) : NULL;
+        if (bgrad && (bgrad->dtype != gf->dtype || !pc_device_eq(bgrad->device, gf->device)))
+            bgrad = NULL;
+        if (bgrad) {
+            PC_TRY_GOTO(st, pc_as_rows(ap, &ar));  /* (B*m, k) */
+            PC_TRY_GOTO(st, pc_as_rows(gf, &gr));  /* (B*m, n) */
+            PC_TRY_GOTO(st, pc_mT_view(ar, &tv));
+            PC_TRY_GOTO(st, pc_gemm2d(tv, gr, 1.0, 1.0, NULL, bgrad));
+            pc_tensor_bump_version(bgrad);
+            pc_autograd_note_fused();
+        } else if (b_plain && a_full && ap->ndim > 2) {
             /* Fold the batch: (k, B*m) @ (B*m, n). */
             PC_TRY_GOTO(st, pc_as_rows(ap, &ar));
             PC_TRY_GOTO(st, pc_as_rows(gf, &gr));
@@ -417,7 +428,7 @@ static PcStatus pc_matmul_apply(PcNode *self, PcTensor *const *grad_outputs, con
             PC_TRY_GOTO(st, pc_mT_view(ap, &tv));
             PC_TRY_GOTO(st, pc_matmul_core("matmul backward", tv, gf, &full));
         }
-        PC_TRY_GOTO(st, pc_grad_to_operand(&full, &n->mb, false, &grad_inputs[1]));
+        if (!bgrad) PC_TRY_GOTO(st, pc_grad_to_operand(&full, &n->mb, false, &grad_inputs[1]));
     }
 fail:
     pc_tensor_decref(a);
