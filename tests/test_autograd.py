@@ -81,6 +81,26 @@ def test_matmul_weight_grad_is_added_into_dot_grad():
     assert _C._fused_grad_count() - before == 3
 
 
+def test_addmm_operand_grads_are_added_into_dot_grad():
+    """addmm(bias, m1, m2, alpha=) with leaf m1 and m2: both gradients (alpha-scaled) go
+    straight into their .grad from the second backward on."""
+    from pipec import _C
+    rng = np.random.default_rng(3)
+    m1 = pipec.tensor(rng.standard_normal((3, 5)), dtype=pipec.float64, requires_grad=True)
+    m2 = pipec.tensor(rng.standard_normal((5, 4)), dtype=pipec.float64, requires_grad=True)
+    bias = pipec.tensor(rng.standard_normal(4), dtype=pipec.float64)
+    e1, e2 = np.zeros((3, 5)), np.zeros((5, 4))
+    before = _C._fused_grad_count()
+    for _ in range(3):
+        g = rng.standard_normal((3, 4))
+        pipec.addmm(bias, m1, m2, alpha=0.5).backward(pipec.tensor(g, dtype=pipec.float64))
+        e1 += 0.5 * g @ to_np(m2).T
+        e2 += 0.5 * to_np(m1).T @ g
+        assert_close(m1.grad, e1)
+        assert_close(m2.grad, e2)
+    assert _C._fused_grad_count() - before == 4
+
+
 def test_linear_weight_grad_fusion_respects_the_pass():
     """autograd.grad returns W's gradient and leaves W.grad alone; a .grad that is not a
     plain contiguous tensor of W's shape is accumulated the ordinary way."""

@@ -155,6 +155,25 @@ fail:
     return st;
 }
 
+static PcStatus pc_mm_new(PcTensor *a, PcTensor *b, double alpha, PcTensor **out);
+
+/* The gradient alpha * l @ r (2-D) of the input behind `self`'s edge `edge`: added straight
+ * into that leaf's .grad when the backward pass allows it (pc_autograd_fusable_grad; *out
+ * stays NULL), else a fresh tensor in *out. */
+static PcStatus pc_grad_mm(PcNode *self, int edge, PcTensor *l, PcTensor *r, double alpha,
+                           PcTensor **out) {
+    *out = NULL;
+    PcTensor *acc = pc_autograd_fusable_grad(self, edge);
+    if (acc && acc->dtype == l->dtype && pc_device_eq(acc->device, l->device) &&
+        acc->ndim == 2 && acc->shape[0] == l->shape[0] && acc->shape[1] == r->shape[1]) {
+        PC_TRY(pc_gemm2d(l, r, alpha, 1.0, NULL, acc));
+        pc_tensor_bump_version(acc);
+        pc_autograd_note_fused();
+        return PC_OK;
+    }
+    return pc_mm_new(l, r, alpha, out);
+}
+
 /* Fresh (m, n) = alpha * a @ b for 2-D a, b. */
 static PcStatus pc_mm_new(PcTensor *a, PcTensor *b, double alpha, PcTensor **out) {
     *out = NULL;
@@ -407,28 +426,25 @@ static PcStatus pc_matmul_apply(PcNode *self, PcTensor *const *grad_outputs, con
         bool b_plain = n->mb.ndim <= 2;
         bool a_full = ap->ndim == gf->ndim;
         for (int i = 0; a_full && i < ap->ndim - 2; i++) a_full = ap->shape[i] == gf->shape[i];
-        /* a 2-D B (a weight) whose pass accumulates into its .grad: add into it directly */
-        PcTensor *bgrad = n->mb.ndim == 2 && a_full ? pc_autograd_fusable_grad(self, 1) : NULL;
-        if (bgrad && (bgrad->dtype != gf->dtype || !pc_device_eq(bgrad->device, gf->device)))
-            bgrad = NULL;
-        if (bgrad) {
-            PC_TRY_GOTO(st, pc_as_rows(ap, &ar));  /* (B*m, k) */
-            PC_TRY_GOTO(st, pc_as_rows(gf, &gr));  /* (B*m, n) */
-            PC_TRY_GOTO(st, pc_mT_view(ar, &tv));
-            PC_TRY_GOTO(st, pc_gemm2d(tv, gr, 1.0, 1.0, NULL, bgrad));
-            pc_tensor_bump_version(bgrad);
-            pc_autograd_note_fused();
-        } else if (b_plain && a_full && ap->ndim > 2) {
-            /* Fold the batch: (k, B*m) @ (B*m, n). */
+        if (n->mb.ndim == 2 && a_full) {
+            /* a 2-D B: one GEMM, the batch folded, (k, B*m) @ (B*m, n), added into B.grad
+             * when the pass allows */
             PC_TRY_GOTO(st, pc_as_rows(ap, &ar));
             PC_TRY_GOTO(st, pc_as_rows(gf, &gr));
             PC_TRY_GOTO(st, pc_mT_view(ar, &tv));
-            PC_TRY_GOTO(st, pc_mm_new(tv, gr, 1.0, &full));
+            PC_TRY_GOTO(st, pc_grad_mm(self, 1, tv, gr, 1.0, &grad_inputs[1]));
         } else {
-            PC_TRY_GOTO(st, pc_mT_view(ap, &tv));
-            PC_TRY_GOTO(st, pc_matmul_core("matmul backward", tv, gf, &full));
+            if (b_plain && a_full && ap->ndim > 2) { /* fold the batch */
+                PC_TRY_GOTO(st, pc_as_rows(ap, &ar));
+                PC_TRY_GOTO(st, pc_as_rows(gf, &gr));
+                PC_TRY_GOTO(st, pc_mT_view(ar, &tv));
+                PC_TRY_GOTO(st, pc_mm_new(tv, gr, 1.0, &full));
+            } else {
+                PC_TRY_GOTO(st, pc_mT_view(ap, &tv));
+                PC_TRY_GOTO(st, pc_matmul_core("matmul backward", tv, gf, &full));
+            }
+            PC_TRY_GOTO(st, pc_grad_to_operand(&full, &n->mb, false, &grad_inputs[1]));
         }
-        if (!bgrad) PC_TRY_GOTO(st, pc_grad_to_operand(&full, &n->mb, false, &grad_inputs[1]));
     }
 fail:
     pc_tensor_decref(a);
@@ -578,14 +594,14 @@ static PcStatus pc_addmm_apply(PcNode *self, PcTensor *const *grad_outputs, cons
     if (needs[1]) { /* alpha * g @ b^T */
         PC_TRY_GOTO(st, pc_saved_get(&n->b, self, &b));
         PC_TRY_GOTO(st, pc_mT_view(b, &tv));
-        PC_TRY_GOTO(st, pc_mm_new(g, tv, n->alpha, &grad_inputs[1]));
+        PC_TRY_GOTO(st, pc_grad_mm(self, 1, g, tv, n->alpha, &grad_inputs[1]));
         pc_tensor_decref(tv);
         tv = NULL;
     }
     if (needs[2]) { /* alpha * a^T @ g */
         PC_TRY_GOTO(st, pc_saved_get(&n->a, self, &a));
         PC_TRY_GOTO(st, pc_mT_view(a, &tv));
-        PC_TRY_GOTO(st, pc_mm_new(tv, g, n->alpha, &grad_inputs[2]));
+        PC_TRY_GOTO(st, pc_grad_mm(self, 2, tv, g, n->alpha, &grad_inputs[2]));
     }
 fail:
     pc_tensor_decref(a);
@@ -702,14 +718,7 @@ static PcStatus pc_linear_apply(PcNode *self, PcTensor *const *grad_outputs, con
         PC_TRY_GOTO(st, pc_saved_get(&n->x, self, &x));
         PC_TRY_GOTO(st, pc_as_rows(x, &xr));
         PC_TRY_GOTO(st, pc_mT_view(gr, &tv));
-        PcTensor *wgrad = pc_autograd_fusable_grad(self, 1);
-        if (wgrad && wgrad->dtype == gr->dtype && pc_device_eq(wgrad->device, gr->device)) {
-            PC_TRY_GOTO(st, pc_gemm2d(tv, xr, 1.0, 1.0, NULL, wgrad));
-            pc_tensor_bump_version(wgrad);
-            pc_autograd_note_fused();
-        } else {
-            PC_TRY_GOTO(st, pc_mm_new(tv, xr, 1.0, &grad_inputs[1]));
-        }
+        PC_TRY_GOTO(st, pc_grad_mm(self, 1, tv, xr, 1.0, &grad_inputs[1]));
     }
     if (n->base.n_edges > 2 && needs[2]) { /* db = sum of dY over rows */
         int64_t nout = gr->shape[1];
