@@ -52,15 +52,43 @@ def test_linear_weight_grad_is_added_into_dot_grad():
     w, xs, gs = _linear_case()
     before = _C._fused_grad_count()
     expect = np.zeros((5, 7))
-    held = None
+    ptr = None
     for x, g in zip(xs, gs):
         F.linear(x, w).backward(pipec.tensor(g, dtype=pipec.float64))
         expect += g.T @ to_np(x)
         assert_close(w.grad, expect)
-        if held is None:
-            held = w.grad
-        assert w.grad is held
+        ptr = ptr or w.grad.data_ptr()
+        assert w.grad.data_ptr() == ptr
     assert _C._fused_grad_count() - before == 2
+    # a .grad that Python holds, or that the graph reads, is accumulated the ordinary way
+    held = w.grad
+    F.linear(xs[0], w).backward(pipec.tensor(gs[0], dtype=pipec.float64))
+    assert _C._fused_grad_count() - before == 2
+    assert_close(held, expect + gs[0].T @ to_np(xs[0]))
+
+
+def test_fusion_never_writes_a_buffer_the_pass_reads():
+    """.grad used as an operand of the fused product, or saved by another node of the same
+    pass: the sum must be right and no saved value may look modified."""
+    rng = np.random.default_rng(4)
+    n = 64
+    w = pipec.tensor(rng.standard_normal((n, n)), dtype=pipec.float64, requires_grad=True)
+    g0 = rng.standard_normal((n, n))
+    gout = rng.standard_normal((n, n))
+    w.grad = pipec.tensor(g0, dtype=pipec.float64)
+    # linear(w.grad, w): dW = gout^T @ w.grad reads the buffer it would add into
+    F.linear(w.grad, w).backward(pipec.tensor(gout, dtype=pipec.float64))
+    assert_close(w.grad, g0 + gout.T @ g0)
+    # the root gradient is w.grad itself
+    g1 = to_np(w.grad).copy()
+    x = rng.standard_normal((n, n))
+    (pipec.tensor(x, dtype=pipec.float64) @ w).backward(w.grad)
+    assert_close(w.grad, g1 + x.T @ g1)
+    # another node of the pass saved w.grad: no "modified by an inplace operation"
+    g2 = to_np(w.grad).copy()
+    xt = pipec.tensor(x, dtype=pipec.float64)
+    ((w * w.grad).sum() + F.linear(xt, w).sum()).backward()
+    assert_close(w.grad, g2 + g2 + np.ones((n, n)).T @ x)
 
 
 def test_matmul_weight_grad_is_added_into_dot_grad():

@@ -8,7 +8,9 @@
  * Node subtypes embed PcNode as their first member and supply a PcNodeVTable. `apply`
  * receives one gradient per forward output (NULL = zero/absent; single-output nodes always
  * get a non-NULL one) and writes a new reference into grad_inputs[j] for every edge j with
- * needs[j] true (it may write NULL to mean "zero"). It must not accumulate into anything.
+ * needs[j] true (it may write NULL to mean "zero"). It must not accumulate into anything,
+ * with one exception: a product it may add straight into the .grad that
+ * pc_autograd_fusable_grad hands it (then it writes NULL for that edge).
  *
  * Saved tensors (PcSaved) remember the storage version at save time; reading one after an
  * in-place write, or after the graph was freed by a backward without retain_graph, fails
@@ -116,7 +118,8 @@ PcStatus pc_autograd_grad(int n_roots, PcTensor *const *roots, PcTensor *const *
 
 /* Inside a node's apply: the .grad of the leaf that edge `edge` of `self` feeds, when this
  * pass accumulates that gradient straight into it (full backward or phase W, the leaf still
- * requires grad and already has a contiguous .grad of its own shape, dtype and device), so
+ * requires grad and already has a contiguous .grad of its own shape, dtype and device that
+ * nothing else references: no saved tensor, operand, view or Python object), so
  * the node may add its gradient into .grad itself (a GEMM with beta = 1: no temporary, no
  * separate addition) and return NULL for that edge. NULL otherwise. Borrowed. The caller
  * bumps .grad's version after writing it. */

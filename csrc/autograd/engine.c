@@ -18,8 +18,15 @@
  * result or a PcWeightWork. Grad mode is off while nodes run. Every exit path frees what the
  * pass holds; a failing pass leaves no captured results behind.
  *
+ * Fused accumulation: in passes that accumulate into leaves (full backward, phase W) a node
+ * may add a product straight into a leaf's existing .grad (pc_autograd_fusable_grad) instead
+ * of handing AccumulateGrad a fresh tensor to add, when nothing else references that .grad
+ * (so no operand, saved value or Python object sees it change mid-pass). The leaf's other
+ * contributions still arrive through AccumulateGrad; the sum is the same.
+ *
  * Exports: pc_autograd_backward, pc_autograd_grad, pc_autograd_backward_input,
- * pc_weight_work_run, pc_weight_work_size, pc_weight_work_free.
+ * pc_weight_work_run, pc_weight_work_size, pc_weight_work_free, pc_autograd_fusable_grad,
+ * pc_autograd_note_fused, pc_autograd_fused_count.
  */
 #include "autograd.h"
 
@@ -521,7 +528,11 @@ PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge) {
     PcTensor *leaf = cn->leaf;
     if (!leaf || !leaf->requires_grad || !p->info[c].useful) return NULL;
     PcTensor *g = leaf->grad;
-    if (!g || g->dtype != leaf->dtype || !pc_device_eq(g->device, leaf->device) ||
+    /* nothing else may see the buffer: not a saved tensor or an operand of this pass (the
+     * GEMM would read what it writes, or a later node find its saved value changed), not a
+     * view, not a Python object (the same rule as AccumulateGrad's alias shortcut) */
+    if (!g || atomic_load(&g->refcount) != 1 || atomic_load(&g->storage->refcount) != 1 ||
+        g->dtype != leaf->dtype || !pc_device_eq(g->device, leaf->device) ||
         g->ndim != leaf->ndim || !pc_tensor_is_contiguous(g))
         return NULL;
     for (int d = 0; d < g->ndim; d++)
