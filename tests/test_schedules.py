@@ -956,3 +956,83 @@ def test_skip_connections_across_ranks(schedule, ranks, kind):
     assert_close(out, ref_out, f"{what}: output")
     assert_losses(losses, ref_losses, what)
     assert_grads(pipe_modules(pipe), ref, 1.0, what)
+
+
+# ---- interrupting a step (a notebook's stop button) ----
+
+_INTERRUPT_SCRIPT = r"""
+import copy, os, signal, sys, threading, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import pipec
+from pipec import nn
+from pipec.pipelining import LocalPipeline, pipeline
+from model_registry import MultiMLP
+pipec.manual_seed(0)
+d, n = 256, 64
+model = MultiMLP(d, n_layers=2)
+ref = copy.deepcopy(model)
+x, y = pipec.randn(n * 8, d), pipec.randn(n * 8, d)
+mse = nn.MSELoss(reduction="sum")
+calls = []
+def loss_fn(out, target):  # Ctrl-C from inside the step, after a quarter of the losses
+    calls.append(1)
+    if armed and len(calls) == n // 4:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the main thread handles it meanwhile (it needs the GIL)
+    return mse(out, target)
+armed = False
+pipe = pipeline(model, (x[:8],), split_spec=model.split_spec)
+lp = LocalPipeline(pipe, "GPipe", n, ["cpu", "cpu"], loss_fn=loss_fn, scale_grads=False)
+lp.step(x, target=y)
+params = [p for i in range(2) for p in pipe.get_stage_module(i).parameters()]
+before = [p.grad.numpy().copy() for p in params]
+calls.clear()
+armed = True
+try:
+    lp.step(x, target=y)
+    print("NOT INTERRUPTED", len(calls))
+except KeyboardInterrupt:
+    armed = False
+    stopped_at = len(calls)
+    assert stopped_at < n, stopped_at  # the ranks stopped instead of finishing the step
+    for _ in range(200):  # the rank threads have stopped working; they exit at once
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("pipec-rank")]
+        if not alive:
+            break
+        time.sleep(0.01)
+    assert not alive, alive
+    for p, b in zip(params, before):  # the interrupted step added nothing
+        assert np.array_equal(p.grad.numpy(), b)
+    losses = []
+    lp.step(x, target=y, losses=losses)  # at once: the pipeline is usable again
+    for p in params:
+        p.grad = None
+    lp.step(x, target=y, losses=losses)
+    for m in range(n):
+        lr = mse(ref(x[m * 8:(m + 1) * 8]), y[m * 8:(m + 1) * 8])
+        lr.backward()
+        assert abs(float(losses[m].item()) - float(lr.item())) <= 1e-4 * abs(float(lr.item()))
+    rg = dict(ref.named_parameters())
+    for i in range(2):
+        for name, p in pipe.get_stage_module(i).named_parameters():
+            np.testing.assert_allclose(p.grad.numpy(), rg[name].grad.numpy(), rtol=1e-4,
+                                       atol=1e-5)
+    print("OK", stopped_at)
+"""
+
+
+def test_keyboard_interrupt_stops_the_step_and_keeps_the_pipeline_usable():
+    """Ctrl-C (a notebook's stop button) during LocalPipeline.step: every rank stops at its
+    next action, the threads are gone when KeyboardInterrupt reaches the caller, the step's
+    gradients are not added, and the next step runs at once with the right numbers."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(here) + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", _INTERRUPT_SCRIPT, here], capture_output=True,
+                         text=True, timeout=120, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "OK" in res.stdout, out

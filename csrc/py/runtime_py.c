@@ -508,6 +508,16 @@ static PyObject *rt_end_step(PcPyRuntime *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *rt_interrupt(PcPyRuntime *self, PyObject *unused) {
+    RT_REQUIRE(self);
+    (void)unused;
+    PcRuntime *rt = self->rt;
+    Py_BEGIN_ALLOW_THREADS /* a rank may hold the runtime's lock while it waits for the GIL */
+    pc_runtime_interrupt(rt);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *rt_timeline(PcPyRuntime *self, PyObject *unused) {
     RT_REQUIRE(self);
     (void)unused;
@@ -538,6 +548,8 @@ static PyMethodDef runtime_methods[] = {
     {"outputs", (PyCFunction)rt_outputs, METH_O, "Last-stage outputs of a microbatch."},
     {"loss", (PyCFunction)rt_loss, METH_O, "Loss of a microbatch (or None)."},
     {"end_step", (PyCFunction)rt_end_step, METH_NOARGS, "Free the step's activations."},
+    {"interrupt", (PyCFunction)rt_interrupt, METH_NOARGS,
+     "Make every rank's run_rank stop at its next action or wait (any thread)."},
     {"timeline", (PyCFunction)rt_timeline, METH_NOARGS,
      "[(rank, action, start_us, end_us)] of the last step (when recorded)."},
     {NULL, NULL, 0, NULL},

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,7 +76,8 @@ struct PcRuntime {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool failed;
-    int failed_rank;
+    int failed_rank;         /* -1: none yet; -2: interrupted (pc_runtime_interrupt) */
+    atomic_bool interrupted; /* read at every action without mu */
     /* timeline */
     PcTimelineEvent *events;
     int n_events, cap_events;
@@ -375,6 +377,7 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
     rt->record = record_timeline;
     rt->failed = false;
     rt->failed_rank = -1;
+    atomic_store(&rt->interrupted, false);
     rt->n_events = 0;
     rt->step++;
     clock_gettime(CLOCK_MONOTONIC, &rt->t0);
@@ -393,7 +396,20 @@ void pc_runtime_end_step(PcRuntime *rt) {
 /* ---- waiting ---- */
 
 static PcStatus fail_status(PcRuntime *rt) {
+    if (rt->failed_rank == -2)
+        return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: the step was interrupted");
     return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: rank %d failed", rt->failed_rank);
+}
+
+void pc_runtime_interrupt(PcRuntime *rt) {
+    atomic_store(&rt->interrupted, true);
+    pthread_mutex_lock(&rt->mu);
+    if (!rt->failed) {
+        rt->failed = true;
+        rt->failed_rank = -2;
+    }
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
 }
 
 /* Wait (mutex held) until pred(rt, a, b) or deadline / failure. */
@@ -1064,6 +1080,10 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
     for (int i = 0; i < actions->len && status == PC_OK; i++) {
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;
+        if (atomic_load(&rt->interrupted)) {
+            status = pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: the step was interrupted");
+            break;
+        }
         double t0 = rt->record ? now_us(rt) : 0;
         tl_compute_start = -1.0;
         bool timed = rt->record && pc_act_type_is_compute(a->type);

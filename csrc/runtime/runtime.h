@@ -121,6 +121,10 @@ PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs)
 PcTensor *pc_runtime_loss(PcRuntime *rt, int mb);
 /* Drop per-step state (activations, graphs, received buffers). */
 void pc_runtime_end_step(PcRuntime *rt);
+/* Stop the step from any thread (a KeyboardInterrupt in the thread that waits for the
+ * ranks): every rank's run_rank returns an error at its next action or wait. The next
+ * begin_step clears it. */
+void pc_runtime_interrupt(PcRuntime *rt);
 
 /* Timeline of the last step: n events of (rank, action text, start_us, end_us). */
 typedef struct PcTimelineEvent {

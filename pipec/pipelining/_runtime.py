@@ -6,6 +6,7 @@ thread per rank; each thread runs its whole action list in C with the GIL releas
 runs again only for the loss function, custom autograd Functions and dW runners.
 """
 
+import signal
 import threading
 import time
 
@@ -170,15 +171,13 @@ class _Executor:
         self._rt.begin_step(leaves, n_in or 0, training, record_timeline)
         scale = self.scale_grads and self.n_microbatches > 1
         tied = self._tied_groups() if training and self.sum_tied_grads else []
-        # this step's gradients alone are needed to scale them (all parameters) and to sum
-        # tied copies (those only)
-        held = None
-        if training and (scale or tied):
-            held = self._hold_grads(None if scale else
-                                    [p for _, _, loc in tied for p in loc.values()])
+        # the step works on its own gradients (to scale them, to sum tied copies) and adds
+        # them to the earlier ones only when it succeeded: a failed or interrupted step
+        # leaves .grad as it was (free when .grad starts as None, the usual case)
+        held = self._hold_grads() if training else None
         errors = {}
-        self._drive(errors)
         try:
+            self._drive(errors)
             if errors:
                 # the first failing rank's error is the cause; others were aborted
                 rank = min(errors, key=lambda r: (
@@ -241,22 +240,65 @@ class _Executor:
 
     def _drive(self, errors):
         """Run every rank's action list, one thread per rank; errors: rank -> exception."""
-        def worker(rank):
+        def worker(rank, done):
             try:
                 self._rt.run_rank(rank, self.orders[rank])
             except BaseException as e:  # reported after all threads stop
                 errors[rank] = e
+            finally:
+                done.set()
 
         ranks = sorted(self.orders)
         if len(ranks) == 1:
-            worker(ranks[0])
+            worker(ranks[0], threading.Event())
             return
-        threads = [threading.Thread(target=worker, args=(r,), name=f"pipec-rank{r}")
-                   for r in ranks]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        done = [threading.Event() for _ in ranks]
+        threads = [threading.Thread(target=worker, args=(r, ev), name=f"pipec-rank{r}")
+                   for r, ev in zip(ranks, done)]
+        # Ctrl-C (a notebook's stop button) must never leave a rank running on after this
+        # returns: the step's state is freed then. While the threads start, SIGINT is only
+        # noted (Python raises KeyboardInterrupt wherever the main thread happens to be);
+        # afterwards it arrives in the wait, which stops every rank at its next action and
+        # waits for all of them. (Events, not Thread.join: an interrupted join can leave a
+        # running thread looking finished.)
+        noted = []
+        prev = None
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+        try:
+            for t in threads:
+                t.start()
+            if prev is not None:
+                signal.signal(signal.SIGINT, prev)
+                prev = None
+            if noted:
+                raise KeyboardInterrupt
+            for ev in done:
+                ev.wait()
+        except BaseException:
+            if prev is not None:
+                signal.signal(signal.SIGINT, prev)
+            self._rt.interrupt()
+            for t, ev in zip(threads, done):
+                while t.ident is not None and not ev.is_set():  # started ones only
+                    try:
+                        ev.wait()
+                    except KeyboardInterrupt:
+                        pass
+            raise
+        finally:
+            # every started rank has finished its work here; let the threads exit (a stop
+            # pressed now still reaches the caller, after the join)
+            stop = False
+            for t in (t for t in threads if t.ident is not None):
+                while True:
+                    try:
+                        t.join()
+                        break
+                    except KeyboardInterrupt:
+                        stop = True
+            if stop:
+                raise KeyboardInterrupt
 
     def _collect_outputs(self):
         """Last-stage outputs per microbatch (None where this process does not hold them)."""
