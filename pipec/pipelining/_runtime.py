@@ -271,8 +271,8 @@ class _Executor:
             if prev is not None:
                 signal.signal(signal.SIGINT, prev)
                 prev = None
-            if noted:
-                raise KeyboardInterrupt
+            if noted:  # deliver it now to whatever handler the program has
+                signal.raise_signal(signal.SIGINT)
             for ev in done:
                 ev.wait()
         except BaseException:
