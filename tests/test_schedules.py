@@ -220,6 +220,17 @@ def pipe_modules(pipe):
     return [(pipe.get_stage_module(i), "") for i in range(pipe.num_stages)]
 
 
+def step_matches_reference(lp, pipe, ref, x, target, n, loss_fn, what):
+    """One LocalPipeline step (mse-like loss, scale_grads off) against the unpipelined
+    reference: the output, the per-microbatch losses and every gradient."""
+    losses = []
+    out = lp.step(x, target=target, losses=losses)
+    ref_out, ref_losses = ref_step(ref, [x], target, n, loss_fn)
+    assert_close(out, ref_out, f"{what}: output")
+    assert_losses(losses, ref_losses, what)
+    assert_grads(pipe_modules(pipe), ref, 1.0, what)
+
+
 def ref_step(ref_model, args_list, target, n, loss_fn, kwargs=None):
     """The unpipelined reference of one step: per microbatch forward, loss, backward.
     Returns (merged output, [loss per microbatch])."""
@@ -724,13 +735,7 @@ def test_allowed_odd_microbatch_counts_run(schedule, ranks):
     t = pipec.randn(BATCH, D_HID)
     pipe = trace(model, (pipec.tensor_split(x, n, 0)[0],))
     lp = LocalPipeline(pipe, schedule, n, ["cpu"] * ranks, loss_fn=mse_sum, scale_grads=False)
-    losses = []
-    out = lp.step(x, target=t, losses=losses)
-    ref_out, ref_losses = ref_step(ref, [x], t, n, mse_sum)
-    what = f"{schedule} ranks={ranks} n={n}"
-    assert_close(out, ref_out, f"{what}: output")
-    assert_losses(losses, ref_losses, what)
-    assert_grads(pipe_modules(pipe), ref, 1.0, what)
+    step_matches_reference(lp, pipe, ref, x, t, n, mse_sum, f"{schedule} ranks={ranks} n={n}")
 
 
 @pytest.mark.parametrize("ranks,n", [(2, 1), (4, 1), (4, 2), (4, 3)])
@@ -949,13 +954,8 @@ def test_skip_connections_across_ranks(schedule, ranks, kind):
     assert pipe.num_stages == 4
     lp = LocalPipeline(pipe, schedule, n, _devices(kind, ranks), loss_fn=mse_sum,
                        scale_grads=False, timeout=20)
-    losses = []
-    out = lp.step(x, target=y, losses=losses)
-    ref_out, ref_losses = ref_step(ref, [x], y, n, mse_sum)
-    what = f"SkipConnections {schedule} ranks={ranks}"
-    assert_close(out, ref_out, f"{what}: output")
-    assert_losses(losses, ref_losses, what)
-    assert_grads(pipe_modules(pipe), ref, 1.0, what)
+    step_matches_reference(lp, pipe, ref, x, y, n, mse_sum,
+                           f"SkipConnections {schedule} ranks={ranks}")
 
 
 # ---- interrupting a step (a notebook's stop button) ----
