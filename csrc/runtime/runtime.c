@@ -395,9 +395,12 @@ void pc_runtime_end_step(PcRuntime *rt) {
 
 /* ---- waiting ---- */
 
+static PcStatus interrupted_status(void) {
+    return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: the step was interrupted");
+}
+
 static PcStatus fail_status(PcRuntime *rt) {
-    if (rt->failed_rank == -2)
-        return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: the step was interrupted");
+    if (rt->failed_rank == -2) return interrupted_status();
     return pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: rank %d failed", rt->failed_rank);
 }
 
@@ -1081,7 +1084,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;
         if (atomic_load(&rt->interrupted)) {
-            status = pc_set_error(PC_ERR_RUNTIME, "pipeline aborted: the step was interrupted");
+            status = interrupted_status();
             break;
         }
         double t0 = rt->record ? now_us(rt) : 0;
