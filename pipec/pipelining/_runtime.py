@@ -304,13 +304,11 @@ class _Executor:
         """Last-stage outputs per microbatch (None where this process does not hold them)."""
         return [self._rt.outputs(m) for m in range(self.n_microbatches)]
 
-    def _hold_grads(self, params=None):
-        """[(parameter, its .grad)] for every distinct parameter of the stages (or of
-        `params`), with .grad cleared so that the step's backward starts from zero."""
-        if params is None:
-            params = [p for st in self.stages for p in st.submod.parameters()]
+    def _hold_grads(self):
+        """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
+        cleared so that the step's backward starts from zero."""
         held, seen = [], set()
-        for p in params:
+        for p in (p for st in self.stages for p in st.submod.parameters()):
             if id(p) not in seen:
                 seen.add(id(p))
                 held.append((p, p.grad))
