@@ -7,7 +7,8 @@ speed-up, but a measure of each schedule's overhead, since every schedule then d
 work on one device and the step time should approach the GPU busy time.
 
 For every config and schedule: median / min / max step time over timed steps (after warm-up,
-host-timed around a full step including device sync), peak memory per GPU, and a correctness
+host-timed around a full step including device sync; every step starts with .grad set to
+None, as torch_baseline.py's does), peak memory per GPU, and a correctness
 column: the pipelined losses and gradients of the first step against an unpipelined pipec
 run of the same model (max relative error). torch's single-GPU step (whole model, full
 batch) is measured in the same process when torch is importable; torch.distributed.pipelining
@@ -77,6 +78,7 @@ def torch_single_gpu(cfg, steps):
     for i in range(steps + 3):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
+        model.zero_grad()  # set to None, as torch_baseline.py's step does
         loss_fn(model(x), y).backward()
         torch.cuda.synchronize()
         if i >= 3:
@@ -91,6 +93,7 @@ def pipec_single_gpu(model, x, y, loss_fn, steps):
     for i in range(steps + 3):
         sync_all(["cuda:0"])
         t0 = time.perf_counter()
+        model.zero_grad()  # set to None, as torch_baseline.py's step does
         loss_fn(model(x), y).backward()
         sync_all(["cuda:0"])
         if i >= 3:
@@ -176,12 +179,14 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
         for i in range(steps + 2):
             sync_all(devices)
             t0 = time.perf_counter()
+            model.zero_grad()  # a training step's grads start from None, as in torch_baseline.py
             lp.step(x, target=y, return_outputs=False)
             sync_all(devices)
             if i >= 2:
                 times.append((time.perf_counter() - t0) * 1e3)
         gpus = sorted(set(devices))
         peaks = "/".join(f"{pipec.cuda.max_memory_allocated(g) / 2**20:.0f}" for g in gpus)
+        model.zero_grad()
         lp.step(x, target=y, return_outputs=False, record_timeline=True)
         sync_all(devices)
         busy = "/".join(f"{ms:.1f}" for _, ms in busy_ms(

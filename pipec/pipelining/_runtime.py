@@ -595,7 +595,12 @@ class _PipelineSchedule:
     def step(self, *args, target=None, losses=None, return_outputs=True, **kwargs):
         """Run one training step over the whole batch: forward and backward of every
         microbatch in the schedule's order. Gradients accumulate into the stages'
-        parameters; per-microbatch losses go into ``losses``. Returns the merged output."""
+        parameters; per-microbatch losses go into ``losses``. Returns the merged output.
+
+        The step's gradients are added to an existing ``.grad`` only once the step
+        succeeded (a failed or interrupted step leaves ``.grad`` as it was), so a ``.grad``
+        kept from earlier steps costs one more set of gradients while the step runs; call
+        ``zero_grad()`` (set to None) between steps unless you accumulate on purpose."""
         return self._run(args, kwargs, target, losses, return_outputs, training=True)
 
     def eval(self, *args, target=None, losses=None, **kwargs):
@@ -788,7 +793,9 @@ class LocalPipeline:
 
     def step(self, *args, target=None, losses=None, return_outputs=True,
              record_timeline=False, **kwargs):
-        """One training step over the batch (see the class docstring)."""
+        """One training step over the batch (see the class docstring). As for a schedule's
+        step, an existing ``.grad`` gets this step's gradients only once the step succeeded,
+        which costs one more set of gradients while the step runs."""
         return self._run(args, kwargs, target, losses, return_outputs, True, record_timeline)
 
     def eval(self, *args, target=None, losses=None, record_timeline=False, **kwargs):
