@@ -51,6 +51,10 @@ typedef struct MbState {
     PcTensor **gin;          /* [n_in] input gradients (owned) until sent */
     PcWeightWork *work;      /* queued weight work between I and W */
     bool fwd_done, bwd_done;
+    /* one process, several GPUs: a value copied from another GPU is usable once its event
+     * completed (see peer_move); NULL when nothing is pending */
+    void **in_done;          /* [n_in] */
+    void **gout_done;        /* [n_out] */
     /* multi-process: receives from other ranks */
     void **in_req;           /* [n_in] posted receive of input k (into in[k]), or NULL */
     bool in_posted;          /* the inputs' receives were posted this step */
@@ -82,6 +86,12 @@ struct PcRuntime {
     PcTimelineEvent *events;
     int n_events, cap_events;
     struct timespec t0;
+    /* sources of cross-GPU copies still running (peer_move), under mu */
+    struct PeerCopy {
+        PcTensor *src;       /* kept alive until `done` completed (owned) */
+        void *done;          /* event after the copy (owned) */
+    } *copies;
+    int n_copies, cap_copies;
 };
 
 static MbState *MB(PcRuntime *rt, int stage, int mb) { return &rt->mb[stage * rt->n_mb + mb]; }
@@ -112,6 +122,41 @@ static void decref_array(PcTensor **a, int n) {
     }
 }
 
+/* Destroys a pending copy event (a no-op for NULL or without CUDA). */
+static void drop_event(void **ev) {
+#ifdef PC_WITH_CUDA
+    pc_cuda_event_destroy(*ev);
+#endif
+    *ev = NULL;
+}
+
+/* Releases the sources of finished cross-GPU copies; all of them, waiting, when `wait`.
+ * Caller holds mu (or is the only thread). */
+static void reap_copies(PcRuntime *rt, bool wait) {
+#ifdef PC_WITH_CUDA
+    int j = 0;
+    for (int i = 0; i < rt->n_copies; i++) {
+        struct PeerCopy *c = &rt->copies[i];
+        bool done = true;
+        PcStatus st = wait ? pc_cuda_event_synchronize(c->done) : pc_cuda_event_query(c->done, &done);
+        if (st != PC_OK) { /* a device error is sticky: no copy runs any more */
+            pc_clear_error();
+            done = true;
+        }
+        if (done) {
+            pc_cuda_event_destroy(c->done);
+            pc_tensor_decref(c->src);
+        } else {
+            rt->copies[j++] = *c;
+        }
+    }
+    rt->n_copies = j;
+#else
+    (void)rt;
+    (void)wait;
+#endif
+}
+
 static void mb_clear(PcRuntime *rt, int s, int m) {
     MbState *x = MB(rt, s, m);
     RtStage *st = &rt->st[s];
@@ -124,6 +169,8 @@ static void mb_clear(PcRuntime *rt, int s, int m) {
     pc_weight_work_free(x->work);
     x->work = NULL;
     x->fwd_done = x->bwd_done = false;
+    for (int k = 0; x->in_done && k < st->d.n_in; k++) drop_event(&x->in_done[k]);
+    for (int o = 0; x->gout_done && o < st->d.n_out; o++) drop_event(&x->gout_done[o]);
     x->in_missing = 0;
     for (int k = 0; k < st->d.n_in; k++) {
         x->in_grad[k] = false;
@@ -159,6 +206,8 @@ void pc_runtime_free(PcRuntime *rt) {
                 free(x->in_req);
                 free(x->g_req);
                 free(x->g_buf);
+                free(x->in_done);
+                free(x->gout_done);
             }
         }
     }
@@ -176,6 +225,8 @@ void pc_runtime_free(PcRuntime *rt) {
         }
     }
     free(rt->st);
+    reap_copies(rt, true);
+    free(rt->copies);
     decref_array(rt->model_in, rt->n_mb * rt->n_model_in);
     free(rt->model_in);
     free(rt->events);
@@ -284,8 +335,10 @@ PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n
             x->gout = calloc(no, sizeof(PcTensor *));
             x->gout_missing = calloc(no, sizeof(int));
             x->in_req = calloc(ni, sizeof(void *));
+            x->in_done = calloc(ni, sizeof(void *));
+            x->gout_done = calloc(no, sizeof(void *));
             if (!x->in || !x->in_grad || !x->gin || !x->out || !x->gout || !x->gout_missing ||
-                !x->in_req) {
+                !x->in_req || !x->in_done || !x->gout_done) {
                 st = pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
                 goto fail;
             }
@@ -387,6 +440,7 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
 void pc_runtime_end_step(PcRuntime *rt) {
     for (int s = 0; s < rt->n_stages; s++)
         for (int m = 0; m < rt->n_mb; m++) mb_clear(rt, s, m);
+    reap_copies(rt, false);
     decref_array(rt->model_in, rt->n_mb * rt->n_model_in);
     free(rt->model_in);
     rt->model_in = NULL;
@@ -460,26 +514,132 @@ static int edge_kind(const PcRuntime *rt, int producer, int consumer) {
     return consumer == producer + 1 ? XF_ADJ : XF_SKIP;
 }
 
+/* ---- copies between GPUs driven by one process (LocalPipeline) ---- */
+
+/* Whether a value made on `from` goes to `to` by peer_move: two GPUs, one process. */
+static bool is_peer_move(const PcRuntime *rt, PcDevice from, PcDevice to) {
+#ifdef PC_WITH_CUDA
+    return !rt->comm && from.type == PC_CUDA && to.type == PC_CUDA && from.index != to.index;
+#else
+    (void)rt;
+    (void)from;
+    (void)to;
+    return false;
+#endif
+}
+
+#ifdef PC_WITH_CUDA
+/* Copy v, just made on its GPU by the calling thread, to GPU `dev` without tying the two
+ * GPUs' compute streams together (pc_op_to orders each current stream behind the other's,
+ * so one GPU would wait for all the work the other had queued, and vice versa):
+ *   - the copy runs on dev's peer-copy stream (comm stream 1) after an event recorded now on
+ *     the producer's stream: it waits for v, not for work queued after v;
+ *   - the consumer's stream waits for *done only when it uses the copy (settle);
+ *   - v stays alive until the copy ran (rt->copies), instead of the producer's stream
+ *     waiting for it.
+ * The copy's memory is tied to the copy stream; settle records its use on the consumer's
+ * stream. Caller holds mu. */
+static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **out,
+                          void **done) {
+    *out = NULL;
+    *done = NULL;
+    reap_copies(rt, false);
+    if (rt->n_copies == rt->cap_copies) {
+        int cap = rt->cap_copies ? 2 * rt->cap_copies : 16;
+        struct PeerCopy *p = realloc(rt->copies, (size_t)cap * sizeof *p);
+        if (!p) return pc_set_error(PC_ERR_OOM, "out of host memory copying between GPUs");
+        rt->copies = p;
+        rt->cap_copies = cap;
+    }
+    PcTensor *c = NULL, *dst = NULL;
+    void *ready = NULL, *copied = NULL, *src_stream = NULL, *copy_stream = NULL, *cur = NULL;
+    bool enqueued = false;
+    PcStatus st = pc_op_contiguous(v, &c);
+    if (st == PC_OK) st = pc_cuda_current_stream(v->device.index, &src_stream);
+    if (st == PC_OK) st = pc_cuda_event_create(v->device.index, false, false, false, &ready);
+    if (st == PC_OK) st = pc_cuda_event_record(ready, src_stream);
+    if (st == PC_OK) st = pc_cuda_comm_stream(dev.index, 1, &copy_stream);
+    if (st == PC_OK) st = pc_cuda_current_stream(dev.index, &cur);
+    if (st == PC_OK) st = pc_cuda_set_current_stream(dev.index, copy_stream);
+    if (st == PC_OK) {
+        st = pc_op_empty(c->ndim, c->shape, c->dtype, dev, &dst);
+        PcStatus back = pc_cuda_set_current_stream(dev.index, cur);
+        if (st == PC_OK) st = back;
+    }
+    if (st == PC_OK) st = pc_cuda_stream_wait_event(copy_stream, ready);
+    if (st == PC_OK) {
+        st = pc_cuda_memcpy_peer_async(copy_stream, dev.index, pc_tensor_data(dst),
+                                       v->device.index, pc_tensor_data(c), pc_tensor_nbytes(c));
+        enqueued = st == PC_OK;
+    }
+    if (st == PC_OK) st = pc_cuda_event_create(dev.index, false, false, false, &copied);
+    if (st == PC_OK) st = pc_cuda_event_record(copied, copy_stream);
+    if (st == PC_OK) st = pc_cuda_event_create(dev.index, false, false, false, done);
+    if (st == PC_OK) st = pc_cuda_event_record(*done, copy_stream);
+    pc_cuda_event_destroy(ready); /* released by CUDA once the copy stream passed it */
+    if (st != PC_OK) {
+        if (enqueued && pc_cuda_stream_synchronize(copy_stream) != PC_OK)
+            pc_clear_error(); /* keep the first error; the source must outlive the copy */
+        pc_cuda_event_destroy(copied);
+        drop_event(done);
+        pc_tensor_decref(dst);
+        pc_tensor_decref(c);
+        return st;
+    }
+    rt->copies[rt->n_copies++] = (struct PeerCopy){c, copied};
+    *out = dst;
+    return PC_OK;
+}
+#endif
+
+/* Before the calling thread's stream uses t: wait for the copy that made it (peer_move). */
+static PcStatus settle(PcTensor *t, void **done) {
+    if (!*done) return PC_OK;
+    PcStatus st = PC_OK;
+#ifdef PC_WITH_CUDA
+    void *cur;
+    st = pc_cuda_current_stream(t->device.index, &cur);
+    if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, *done);
+    if (st == PC_OK) st = pc_cuda_record_stream(t->device.index, t->storage->data, cur);
+#else
+    (void)t;
+#endif
+    drop_event(done);
+    return st;
+}
+
 /* Deliver the outputs of stage s, microbatch m, to the consumers whose edge kind is in
  * `kinds`. */
-static void deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
+static PcStatus deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
+    PcStatus status = PC_OK;
     pthread_mutex_lock(&rt->mu);
-    for (int o = 0; o < st->d.n_out; o++) {
-        for (int c = 0; c < st->n_cons[o]; c++) {
+    for (int o = 0; o < st->d.n_out && status == PC_OK; o++) {
+        for (int c = 0; c < st->n_cons[o] && status == PC_OK; c++) {
             Consumer cn = st->cons[o][c];
             if (!(edge_kind(rt, s, cn.stage) & kinds)) continue;
             MbState *y = MB(rt, cn.stage, m);
             if (y->in[cn.input]) continue; /* already delivered */
-            pc_tensor_incref(x->out[o]);
-            y->in[cn.input] = x->out[o];
-            y->in_grad[cn.input] = x->out[o]->requires_grad;
+            PcTensor *v = x->out[o];
+            PcDevice to = rt->st[cn.stage].d.device;
+#ifdef PC_WITH_CUDA
+            if (is_peer_move(rt, v->device, to)) {
+                status = peer_move(rt, v, to, &y->in[cn.input], &y->in_done[cn.input]);
+                if (status != PC_OK) break;
+            } else
+#endif
+            {
+                pc_tensor_incref(v);
+                y->in[cn.input] = v;
+            }
+            y->in_grad[cn.input] = v->requires_grad;
             y->in_missing--;
         }
     }
     pthread_cond_broadcast(&rt->cv);
     pthread_mutex_unlock(&rt->mu);
+    return status;
 }
 
 /* Send input gradients of stage s, microbatch m, to the producers whose edge kind is in
@@ -499,13 +659,27 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
         x->gin[k] = NULL;
         if (g) {
             PcDevice dev = rt->st[src.src_stage].d.device;
+            void *done = NULL;
             if (!pc_device_eq(g->device, dev)) {
                 PcTensor *moved;
-                status = pc_op_to(g, g->dtype, dev, &moved);
+#ifdef PC_WITH_CUDA
+                if (is_peer_move(rt, g->device, dev))
+                    status = peer_move(rt, g, dev, &moved, &done);
+                else
+#endif
+                    status = pc_op_to(g, g->dtype, dev, &moved);
                 pc_tensor_decref(g);
                 g = status == PC_OK ? moved : NULL;
             }
-            if (g && p->gout[src.src_idx]) {
+            if (g && p->gout[src.src_idx]) { /* a second consumer: sum on this thread */
+                if (status == PC_OK) status = settle(p->gout[src.src_idx],
+                                                     &p->gout_done[src.src_idx]);
+                if (status == PC_OK) status = settle(g, &done);
+                drop_event(&done);
+                if (status != PC_OK) {
+                    pc_tensor_decref(g);
+                    break;
+                }
                 PcTensor *sum;
                 status = pc_op_binary(PC_B_ADD, p->gout[src.src_idx], g, 1.0, &sum);
                 pc_tensor_decref(g);
@@ -515,6 +689,7 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
                 }
             } else if (g) {
                 p->gout[src.src_idx] = g;
+                p->gout_done[src.src_idx] = done;
             }
         }
         p->gout_missing[src.src_idx]--;
@@ -760,6 +935,7 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     status = wait_for(rt, inputs_ready, s, m, "inputs");
     pthread_mutex_unlock(&rt->mu);
     PC_TRY(status);
+    for (int k = 0; k < st->d.n_in; k++) PC_TRY(settle(x->in[k], &x->in_done[k]));
     if (rt->record && tl_compute_start < 0) tl_compute_start = now_us(rt);
     PcTensor **leaves = calloc((size_t)(st->d.n_in + 1), sizeof(PcTensor *));
     if (!leaves) return pc_set_error(PC_ERR_OOM, "out of host memory in forward");
@@ -804,7 +980,7 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     if (status != PC_OK) goto out;
     x->fwd_done = true;
     if (rt->comm) status = send_forward(rt, s, m, XF_SKIP);
-    deliver_forward(rt, s, m, rt->comm ? XF_LOCAL : XF_LOCAL | XF_SKIP);
+    if (status == PC_OK) status = deliver_forward(rt, s, m, rt->comm ? XF_LOCAL : XF_LOCAL | XF_SKIP);
 out:
     for (int k = 0; k < st->d.n_in; k++) pc_tensor_decref(leaves[k]);
     free(leaves);
@@ -828,6 +1004,7 @@ static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
         status = wait_for(rt, grads_ready, s, m, "output gradients");
         pthread_mutex_unlock(&rt->mu);
         PC_TRY(status);
+        for (int o = 0; o < st->d.n_out; o++) PC_TRY(settle(x->gout[o], &x->gout_done[o]));
     }
     if (rt->record && tl_compute_start < 0) tl_compute_start = now_us(rt);
     int n_roots = 0, n_grad_in = 0;
@@ -921,8 +1098,7 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
             return pc_set_error(PC_ERR_RUNTIME, "schedule error: SEND_F of stage %d microbatch "
                                                 "%d before its forward", s, m);
         if (rt->comm) return send_forward(rt, s, m, XF_ADJ);
-        deliver_forward(rt, s, m, XF_ADJ);
-        return PC_OK;
+        return deliver_forward(rt, s, m, XF_ADJ);
     case PC_ACT_RECV_F:
     case PC_ACT_RECV_B:
         /* a receive is only posted here (as torch's runtime does); the action that uses the

@@ -386,6 +386,28 @@ static void pc_cuda_enable_peer(int dev, int peer) {
     (void)cudaGetLastError();
 }
 
+/* Peer access from dev (the current device) to peer, tried once per pair and process. */
+static void pc_cuda_enable_peer_once(int dev, int peer) {
+    static std::atomic<uint64_t> peer_tried[PC_CUDA_MAX_DEVICES];
+    uint64_t bit = uint64_t(1) << peer;
+    if (!(peer_tried[dev].fetch_or(bit) & bit)) pc_cuda_enable_peer(dev, peer);
+}
+
+extern "C" PcStatus pc_cuda_memcpy_peer_async(void *stream, int dst_dev, void *dst, int src_dev,
+                                              const void *src, size_t nbytes) {
+    if (nbytes == 0) return PC_OK;
+    PC_TRY(pc_cuda_check_ordinal(dst_dev));
+    PC_TRY(pc_cuda_check_ordinal(src_dev));
+    {
+        PcCudaDeviceGuard g;
+        PC_TRY(g.enter(dst_dev));
+        pc_cuda_enable_peer_once(dst_dev, src_dev);
+    }
+    PC_CUDA_TRY(cudaMemcpyPeerAsync(dst, dst_dev, src, src_dev, nbytes,
+                                    static_cast<cudaStream_t>(stream)));
+    return PC_OK;
+}
+
 /* The peer copy proper, ordered both ways between the two current streams. */
 static PcStatus pc_cuda_copy_peer(PcCudaExec *ex, void *dst, int dst_dev, const void *src,
                                   int src_dev, cudaStream_t sstream, size_t nbytes,
@@ -418,10 +440,7 @@ PcStatus pc_cuda_copy_d2d(PcDevice dst_dev, void *dst, PcDevice src_dev, const v
     PC_TRY(pc_cuda_ctx_get(src_dev.index, &sctx));
     PcCudaExec ex;
     PC_TRY(ex.begin(dst_dev));
-    static std::atomic<uint64_t> peer_tried[PC_CUDA_MAX_DEVICES];
-    uint64_t bit = uint64_t(1) << src_dev.index;
-    if (!(peer_tried[dst_dev.index].fetch_or(bit) & bit))
-        pc_cuda_enable_peer(dst_dev.index, src_dev.index);
+    pc_cuda_enable_peer_once(dst_dev.index, src_dev.index);
     cudaEvent_t produced = nullptr, copied = nullptr;
     PC_TRY(pc_cuda_ctx_event_get(sctx, &produced));
     PcStatus st = pc_cuda_ctx_event_get(ex.ctx, &copied);

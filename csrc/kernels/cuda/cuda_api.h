@@ -72,6 +72,12 @@ PcStatus pc_cuda_stream_synchronize(void *stream);
 PcStatus pc_cuda_stream_wait_event(void *stream, void *event);
 /* Future work on `waiter` waits for all work queued so far on `waitee` (both on dev). */
 PcStatus pc_cuda_stream_wait_stream(int dev, void *waiter, void *waitee);
+/* Copy nbytes from src (on src_dev) to dst (on dst_dev) on `stream`, ordered by nothing else:
+ * the caller makes `stream` wait for the producer and keeps src alive until the copy ran
+ * (pc_copy_d2d instead orders both devices' current streams both ways). Enables peer access
+ * between the two devices on first use. */
+PcStatus pc_cuda_memcpy_peer_async(void *stream, int dst_dev, void *dst, int src_dev,
+                                   const void *src, size_t nbytes);
 /* Greatest (numerically lowest) and least stream priorities on this machine. */
 PcStatus pc_cuda_stream_priority_range(int *least, int *greatest);
 
