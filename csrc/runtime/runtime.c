@@ -532,8 +532,9 @@ static bool is_peer_move(const PcRuntime *rt, PcDevice from, PcDevice to) {
 /* Copy v, just made on its GPU by the calling thread, to GPU `dev` without tying the two
  * GPUs' compute streams together (pc_op_to orders each current stream behind the other's,
  * so one GPU would wait for all the work the other had queued, and vice versa):
- *   - the copy runs on dev's peer-copy stream (comm stream 1) after an event recorded now on
- *     the producer's stream: it waits for v, not for work queued after v;
+ *   - the copy runs on dev's stream for copies from v's GPU (pc_cuda_peer_stream: only this
+ *     thread uses it, so copies run in the order they were made) after an event recorded
+ *     now on the producer's stream: it waits for v, not for work queued after v;
  *   - the consumer's stream waits for *done only when it uses the copy (settle);
  *   - v stays alive until the copy ran (rt->copies), instead of the producer's stream
  *     waiting for it.
@@ -558,7 +559,7 @@ static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **o
     if (st == PC_OK) st = pc_cuda_current_stream(v->device.index, &src_stream);
     if (st == PC_OK) st = pc_cuda_event_create(v->device.index, false, false, false, &ready);
     if (st == PC_OK) st = pc_cuda_event_record(ready, src_stream);
-    if (st == PC_OK) st = pc_cuda_comm_stream(dev.index, 1, &copy_stream);
+    if (st == PC_OK) st = pc_cuda_peer_stream(dev.index, v->device.index, &copy_stream);
     if (st == PC_OK) st = pc_cuda_current_stream(dev.index, &cur);
     if (st == PC_OK) st = pc_cuda_set_current_stream(dev.index, copy_stream);
     if (st == PC_OK) {

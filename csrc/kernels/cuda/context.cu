@@ -124,6 +124,7 @@ static PcStatus pc_cuda_ctx_create(int dev, PcCudaContext **out) {
     c->lt = nullptr;
     c->compute = nullptr;
     for (int i = 0; i < PC_CUDA_NUM_COMM_STREAMS; i++) c->comm[i] = nullptr;
+    for (int i = 0; i < PC_CUDA_MAX_DEVICES; i++) c->peer_in[i] = nullptr;
     c->index_host = c->index_dev = nullptr;
     c->staging[0] = c->staging[1] = nullptr;
     c->staging_ev[0] = c->staging_ev[1] = nullptr;
@@ -517,6 +518,24 @@ extern "C" PcStatus pc_cuda_comm_stream(int dev, int i, void **out) {
     PcCudaContext *ctx;
     PC_TRY(pc_cuda_ctx_get(dev, &ctx));
     *out = ctx->comm[i];
+    return PC_OK;
+}
+
+extern "C" PcStatus pc_cuda_peer_stream(int dst, int src, void **out) {
+    *out = nullptr;
+    PC_TRY(pc_cuda_check_ordinal(src));
+    PcCudaContext *ctx;
+    PC_TRY(pc_cuda_ctx_get(dst, &ctx));
+    std::lock_guard<std::mutex> lk(ctx->lock);
+    if (!ctx->peer_in[src]) {
+        PcCudaDeviceGuard guard;
+        PC_TRY(guard.enter(dst));
+        int least, greatest;
+        PC_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        PC_CUDA_TRY(cudaStreamCreateWithPriority(&ctx->peer_in[src], cudaStreamNonBlocking,
+                                                 greatest));
+    }
+    *out = ctx->peer_in[src];
     return PC_OK;
 }
 

@@ -53,6 +53,10 @@ PcStatus pc_cuda_mem_get_info(int dev, size_t *free_bytes, size_t *total_bytes);
 /* The device context's own streams (created on first use of the device). */
 PcStatus pc_cuda_compute_stream(int dev, void **out);
 PcStatus pc_cuda_comm_stream(int dev, int i, void **out); /* 0 <= i < PC_CUDA_NUM_COMM_STREAMS */
+/* dst's stream for copies from src (one per ordered pair of devices, so copies from
+ * different sources never queue behind each other; created on first use, high priority,
+ * non-blocking, lives with the context). */
+PcStatus pc_cuda_peer_stream(int dst, int src, void **out);
 /* The calling thread's current stream on dev (the compute stream unless set). */
 PcStatus pc_cuda_current_stream(int dev, void **out);
 /* Make `stream` the calling thread's current stream on dev (NULL: back to the compute stream).

@@ -100,7 +100,10 @@ typedef struct PcCudaContext {
     cudaStream_t comm[PC_CUDA_NUM_COMM_STREAMS];   /* owned, high priority, non-blocking */
     cublasLtHandle_t lt;                           /* owned; stream-agnostic */
 
-    std::mutex lock;                    /* guards blas, events, index_free */
+    std::mutex lock;                    /* guards blas, events, index_free, peer_in */
+    cudaStream_t peer_in[PC_CUDA_MAX_DEVICES]; /* owned, created on first use: copies from
+                                                  device i into this one (high priority,
+                                                  non-blocking) */
     std::vector<PcCudaBlasEntry> blas;  /* one per stream that ran a GEMM */
     std::vector<cudaEvent_t> events;    /* free timing-disabled events (owned) */
 
