@@ -86,7 +86,8 @@ struct PcRuntime {
     PcTimelineEvent *events;
     int n_events, cap_events;
     struct timespec t0;
-    /* sources of cross-GPU copies still running (peer_move), under mu */
+    /* sources of cross-GPU copies still running (peer_move), under copies_mu */
+    pthread_mutex_t copies_mu;
     struct PeerCopy {
         PcTensor *src;       /* kept alive until `done` completed (owned) */
         void *done;          /* event after the copy (owned) */
@@ -130,10 +131,10 @@ static void drop_event(void **ev) {
     *ev = NULL;
 }
 
-/* Releases the sources of finished cross-GPU copies; all of them, waiting, when `wait`.
- * Caller holds mu (or is the only thread). */
+/* Releases the sources of finished cross-GPU copies; all of them, waiting, when `wait`. */
 static void reap_copies(PcRuntime *rt, bool wait) {
 #ifdef PC_WITH_CUDA
+    pthread_mutex_lock(&rt->copies_mu);
     int j = 0;
     for (int i = 0; i < rt->n_copies; i++) {
         struct PeerCopy *c = &rt->copies[i];
@@ -151,6 +152,7 @@ static void reap_copies(PcRuntime *rt, bool wait) {
         }
     }
     rt->n_copies = j;
+    pthread_mutex_unlock(&rt->copies_mu);
 #else
     (void)rt;
     (void)wait;
@@ -231,6 +233,7 @@ void pc_runtime_free(PcRuntime *rt) {
     free(rt->model_in);
     free(rt->events);
     pthread_mutex_destroy(&rt->mu);
+    pthread_mutex_destroy(&rt->copies_mu);
     pthread_cond_destroy(&rt->cv);
     free(rt);
 }
@@ -243,6 +246,7 @@ PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n
     PcRuntime *rt = calloc(1, sizeof *rt);
     if (!rt) return pc_set_error(PC_ERR_OOM, "out of host memory creating a runtime");
     pthread_mutex_init(&rt->mu, NULL);
+    pthread_mutex_init(&rt->copies_mu, NULL);
     pthread_cond_init(&rt->cv, NULL);
     rt->n_stages = n_stages;
     rt->n_mb = n_mb;
@@ -539,19 +543,12 @@ static bool is_peer_move(const PcRuntime *rt, PcDevice from, PcDevice to) {
  *   - v stays alive until the copy ran (rt->copies), instead of the producer's stream
  *     waiting for it.
  * The copy's memory is tied to the copy stream; settle records its use on the consumer's
- * stream. Caller holds mu. */
+ * stream. Called without mu (it allocates and enqueues). */
 static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **out,
                           void **done) {
     *out = NULL;
     *done = NULL;
     reap_copies(rt, false);
-    if (rt->n_copies == rt->cap_copies) {
-        int cap = rt->cap_copies ? 2 * rt->cap_copies : 16;
-        struct PeerCopy *p = realloc(rt->copies, (size_t)cap * sizeof *p);
-        if (!p) return pc_set_error(PC_ERR_OOM, "out of host memory copying between GPUs");
-        rt->copies = p;
-        rt->cap_copies = cap;
-    }
     PcTensor *c = NULL, *dst = NULL;
     void *ready = NULL, *copied = NULL, *src_stream = NULL, *copy_stream = NULL, *cur = NULL;
     bool enqueued = false;
@@ -587,9 +584,35 @@ static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **o
         pc_tensor_decref(c);
         return st;
     }
-    rt->copies[rt->n_copies++] = (struct PeerCopy){c, copied};
+    pthread_mutex_lock(&rt->copies_mu);
+    if (rt->n_copies == rt->cap_copies) {
+        int cap = rt->cap_copies ? 2 * rt->cap_copies : 16;
+        struct PeerCopy *p = realloc(rt->copies, (size_t)cap * sizeof *p);
+        if (p) {
+            rt->copies = p;
+            rt->cap_copies = cap;
+        }
+    }
+    bool kept = rt->n_copies < rt->cap_copies;
+    if (kept) rt->copies[rt->n_copies++] = (struct PeerCopy){c, copied};
+    pthread_mutex_unlock(&rt->copies_mu);
+    if (!kept) { /* no host memory to remember the source: wait for the copy instead */
+        if (pc_cuda_event_synchronize(copied) != PC_OK) pc_clear_error();
+        pc_cuda_event_destroy(copied);
+        pc_tensor_decref(c);
+    }
     *out = dst;
     return PC_OK;
+}
+#else
+static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **out,
+                          void **done) {
+    (void)rt;
+    (void)v;
+    (void)dev;
+    *out = NULL;
+    *done = NULL;
+    return pc_set_error(PC_ERR_DEVICE, "copies between GPUs need a build with CUDA");
 }
 #endif
 
@@ -601,7 +624,8 @@ static PcStatus settle(PcTensor *t, void **done) {
     void *cur;
     st = pc_cuda_current_stream(t->device.index, &cur);
     if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, *done);
-    if (st == PC_OK) st = pc_cuda_record_stream(t->device.index, t->storage->data, cur);
+    if (st == PC_OK && t->storage->data) /* no memory behind an empty tensor */
+        st = pc_cuda_record_stream(t->device.index, t->storage->data, cur);
 #else
     (void)t;
 #endif
@@ -610,93 +634,92 @@ static PcStatus settle(PcTensor *t, void **done) {
 }
 
 /* Deliver the outputs of stage s, microbatch m, to the consumers whose edge kind is in
- * `kinds`. */
+ * `kinds`. A copy to another GPU is made before taking mu (it allocates and enqueues). */
 static PcStatus deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
-    PcStatus status = PC_OK;
-    pthread_mutex_lock(&rt->mu);
-    for (int o = 0; o < st->d.n_out && status == PC_OK; o++) {
-        for (int c = 0; c < st->n_cons[o] && status == PC_OK; c++) {
+    for (int o = 0; o < st->d.n_out; o++) {
+        for (int c = 0; c < st->n_cons[o]; c++) {
             Consumer cn = st->cons[o][c];
             if (!(edge_kind(rt, s, cn.stage) & kinds)) continue;
-            MbState *y = MB(rt, cn.stage, m);
-            if (y->in[cn.input]) continue; /* already delivered */
-            PcTensor *v = x->out[o];
+            PcTensor *v = x->out[o], *val = v;
             PcDevice to = rt->st[cn.stage].d.device;
-#ifdef PC_WITH_CUDA
-            if (is_peer_move(rt, v->device, to)) {
-                status = peer_move(rt, v, to, &y->in[cn.input], &y->in_done[cn.input]);
-                if (status != PC_OK) break;
-            } else
-#endif
-            {
+            void *done = NULL;
+            if (is_peer_move(rt, v->device, to))
+                PC_TRY(peer_move(rt, v, to, &val, &done));
+            else
                 pc_tensor_incref(v);
-                y->in[cn.input] = v;
+            pthread_mutex_lock(&rt->mu);
+            MbState *y = MB(rt, cn.stage, m);
+            if (y->in[cn.input]) { /* already delivered */
+                pthread_mutex_unlock(&rt->mu);
+                pc_tensor_decref(val);
+                drop_event(&done);
+                continue;
             }
+            y->in[cn.input] = val;
+            y->in_done[cn.input] = done;
             y->in_grad[cn.input] = v->requires_grad;
             y->in_missing--;
+            pthread_cond_broadcast(&rt->cv);
+            pthread_mutex_unlock(&rt->mu);
         }
     }
-    pthread_cond_broadcast(&rt->cv);
-    pthread_mutex_unlock(&rt->mu);
-    return status;
+    return PC_OK;
 }
 
 /* Send input gradients of stage s, microbatch m, to the producers whose edge kind is in
- * `kinds`. */
+ * `kinds`. A copy to another GPU is made before taking mu; a producer output with several
+ * consumers sums their gradients under mu. A failure leaves the producer's count of
+ * expected gradients alone, so it never runs its backward with one missing. */
 static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
     PcStatus status = PC_OK;
-    pthread_mutex_lock(&rt->mu);
     for (int k = 0; k < st->d.n_in && status == PC_OK; k++) {
         PcStageInput src = st->in[k];
         if (src.src_stage < 0) continue;
         if (!(edge_kind(rt, src.src_stage, s) & kinds)) continue;
         MbState *p = MB(rt, src.src_stage, m);
-        if (p->gout_missing[src.src_idx] <= 0) continue;
+        int i = src.src_idx;
         PcTensor *g = x->gin[k];
         x->gin[k] = NULL;
-        if (g) {
-            PcDevice dev = rt->st[src.src_stage].d.device;
-            void *done = NULL;
-            if (!pc_device_eq(g->device, dev)) {
-                PcTensor *moved;
-#ifdef PC_WITH_CUDA
-                if (is_peer_move(rt, g->device, dev))
-                    status = peer_move(rt, g, dev, &moved, &done);
-                else
-#endif
-                    status = pc_op_to(g, g->dtype, dev, &moved);
-                pc_tensor_decref(g);
-                g = status == PC_OK ? moved : NULL;
-            }
-            if (g && p->gout[src.src_idx]) { /* a second consumer: sum on this thread */
-                if (status == PC_OK) status = settle(p->gout[src.src_idx],
-                                                     &p->gout_done[src.src_idx]);
-                if (status == PC_OK) status = settle(g, &done);
-                drop_event(&done);
-                if (status != PC_OK) {
-                    pc_tensor_decref(g);
-                    break;
-                }
-                PcTensor *sum;
-                status = pc_op_binary(PC_B_ADD, p->gout[src.src_idx], g, 1.0, &sum);
-                pc_tensor_decref(g);
-                if (status == PC_OK) {
-                    pc_tensor_decref(p->gout[src.src_idx]);
-                    p->gout[src.src_idx] = sum;
-                }
-            } else if (g) {
-                p->gout[src.src_idx] = g;
-                p->gout_done[src.src_idx] = done;
-            }
+        void *done = NULL;
+        PcDevice dev = rt->st[src.src_stage].d.device;
+        if (g && !pc_device_eq(g->device, dev)) {
+            PcTensor *moved = NULL;
+            status = is_peer_move(rt, g->device, dev) ? peer_move(rt, g, dev, &moved, &done)
+                                                      : pc_op_to(g, g->dtype, dev, &moved);
+            pc_tensor_decref(g);
+            g = moved;
+            if (status != PC_OK) break;
         }
-        p->gout_missing[src.src_idx]--;
+        pthread_mutex_lock(&rt->mu);
+        if (p->gout_missing[i] <= 0) { /* already complete */
+            pthread_mutex_unlock(&rt->mu);
+            pc_tensor_decref(g);
+            drop_event(&done);
+            continue;
+        }
+        if (g && p->gout[i]) {
+            PcTensor *sum = NULL;
+            status = settle(p->gout[i], &p->gout_done[i]);
+            if (status == PC_OK) status = settle(g, &done);
+            if (status == PC_OK) status = pc_op_binary(PC_B_ADD, p->gout[i], g, 1.0, &sum);
+            pc_tensor_decref(g);
+            drop_event(&done);
+            if (status == PC_OK) {
+                pc_tensor_decref(p->gout[i]);
+                p->gout[i] = sum;
+            }
+        } else if (g) {
+            p->gout[i] = g;
+            p->gout_done[i] = done;
+        }
+        if (status == PC_OK) p->gout_missing[i]--;
+        pthread_cond_broadcast(&rt->cv);
+        pthread_mutex_unlock(&rt->mu);
     }
-    pthread_cond_broadcast(&rt->cv);
-    pthread_mutex_unlock(&rt->mu);
     return status;
 }
 
