@@ -88,6 +88,8 @@ struct PcRuntime {
     struct timespec t0;
     /* sources of cross-GPU copies still running (peer_move), under copies_mu */
     pthread_mutex_t copies_mu;
+    bool peer_same_gpu;      /* PIPEC_TEST_PEER_COPY: peer_move between ranks on one GPU too,
+                                so one GPU can test the hand-off's synchronisation */
     struct PeerCopy {
         PcTensor *src;       /* kept alive until `done` completed (owned) */
         void *done;          /* event after the copy (owned) */
@@ -253,6 +255,8 @@ PcStatus pc_runtime_create(int n_stages, const PcRuntimeStageDesc *stages, int n
     rt->cb = *cb;
     rt->timeout_s = timeout_s > 0 ? timeout_s : 300.0;
     rt->failed_rank = -1;
+    const char *tp = getenv("PIPEC_TEST_PEER_COPY");
+    rt->peer_same_gpu = tp && *tp && strcmp(tp, "0") != 0;
     rt->st = calloc((size_t)n_stages, sizeof(RtStage));
     rt->mb = calloc((size_t)n_stages * (size_t)n_mb, sizeof(MbState));
     PcStatus st = PC_OK;
@@ -520,10 +524,12 @@ static int edge_kind(const PcRuntime *rt, int producer, int consumer) {
 
 /* ---- copies between GPUs driven by one process (LocalPipeline) ---- */
 
-/* Whether a value made on `from` goes to `to` by peer_move: two GPUs, one process. */
+/* Whether a value made on `from` goes to `to` by peer_move: two GPUs, one process (or one
+ * GPU under PIPEC_TEST_PEER_COPY). */
 static bool is_peer_move(const PcRuntime *rt, PcDevice from, PcDevice to) {
 #ifdef PC_WITH_CUDA
-    return !rt->comm && from.type == PC_CUDA && to.type == PC_CUDA && from.index != to.index;
+    return !rt->comm && from.type == PC_CUDA && to.type == PC_CUDA &&
+           (from.index != to.index || rt->peer_same_gpu);
 #else
     (void)rt;
     (void)from;
@@ -686,7 +692,7 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
         x->gin[k] = NULL;
         void *done = NULL;
         PcDevice dev = rt->st[src.src_stage].d.device;
-        if (g && !pc_device_eq(g->device, dev)) {
+        if (g && (!pc_device_eq(g->device, dev) || is_peer_move(rt, g->device, dev))) {
             PcTensor *moved = NULL;
             status = is_peer_move(rt, g->device, dev) ? peer_move(rt, g, dev, &moved, &done)
                                                       : pc_op_to(g, g->dtype, dev, &moved);
