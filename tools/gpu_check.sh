@@ -26,6 +26,10 @@ if step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolati
     "$PY" -c 'import pipec; print("pipec.cuda.is_available():", pipec.cuda.is_available(), "devices:", pipec.cuda.device_count())' \
         2>&1 | tee -a "$LOGDIR/summary.txt"
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
+    # the LocalPipeline cross-GPU hand-off (peer copies, events, copy streams) with both
+    # ranks on this GPU: its synchronisation under the same numerics tests
+    step peer_copy peer_copy.log env PIPEC_TEST_PEER_COPY=1 "$PY" -m pytest -q -m cuda \
+        tests/test_schedules.py tests/test_custom_schedules.py tests/test_viz.py -rs
     step bench bench.log "$PY" bench/ops_cuda.py --out "$LOGDIR/bench_ops_cuda.txt"
     # every schedule's overhead with both ranks on this one GPU (step time vs GPU busy time)
     step schedules schedules.log "$PY" bench/pipeline.py --devices cuda:0,cuda:0 \
