@@ -37,4 +37,5 @@ if step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolati
 fi
 
 echo "gpu_check: exit $status" | tee -a "$LOGDIR/summary.txt"
+pack_logs
 exit $status

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$LOGDIR/en
 # ignored build outputs and .gpu_build_hash between calls)
 HASH=$(find csrc setup.py pyproject.toml -type f | sort | xargs cat | sha1sum | cut -d' ' -f1)
 if [ "$(cat .gpu_build_hash 2>/dev/null)" != "$HASH" ] || ! "$PY" -c 'import pipec' 2>/dev/null; then
-    step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . || exit $status
+    step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . || { pack_logs; exit $status; }
     echo "$HASH" > .gpu_build_hash
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
@@ -33,4 +33,5 @@ if [ "$WHAT" = all ] || [ "$WHAT" = local ]; then
     step local local.log "$PY" bench/pipeline.py --steps 8 --out "$LOGDIR/pipeline_local_2gpu.md"
 fi
 echo "gpu_check_2gpu: exit $status" | tee -a "$LOGDIR/summary.txt"
+pack_logs
 exit $status

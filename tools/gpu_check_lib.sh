@@ -19,3 +19,8 @@ step() {  # step NAME LOGFILE CMD...: run CMD into LOGFILE, show its tail, recor
     if [ $rc -ne 0 ] && [ $status -eq 0 ]; then status=$rc; fi
     return $rc
 }
+
+pack_logs() {  # the device runner returns at most 8 files: the step logs go into one archive
+    ( cd "$LOGDIR" && ls *.log >/dev/null 2>&1 && tar czf logs.tgz *.log && rm -f *.log ) || true
+    ls "$LOGDIR"
+}
