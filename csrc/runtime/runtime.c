@@ -91,7 +91,8 @@ struct PcRuntime {
     bool peer_same_gpu;      /* PIPEC_TEST_PEER_COPY: peer_move between ranks on one GPU too,
                                 so one GPU can test the hand-off's synchronisation */
     struct PeerCopy {
-        PcTensor *src;       /* kept alive until `done` completed (owned) */
+        PcTensor *src;       /* the source's memory, kept until `done` completed (owned; a
+                                detached alias, so the stage's graph is not kept with it) */
         void *done;          /* event after the copy (owned) */
     } *copies;
     int n_copies, cap_copies;
@@ -158,6 +159,26 @@ static void reap_copies(PcRuntime *rt, bool wait) {
 #else
     (void)rt;
     (void)wait;
+#endif
+}
+
+/* Work queued after the step on the calling thread's current streams waits for the copies
+ * still reading their sources, so an in-place write to a source (a model input refilled
+ * for the next step) never overtakes them. The host does not wait. */
+static void order_pending_copies(PcRuntime *rt) {
+#ifdef PC_WITH_CUDA
+    pthread_mutex_lock(&rt->copies_mu);
+    for (int i = 0; i < rt->n_copies; i++) {
+        void *cur;
+        struct PeerCopy *c = &rt->copies[i];
+        if (pc_cuda_current_stream(c->src->device.index, &cur) != PC_OK ||
+            pc_cuda_stream_wait_event(cur, c->done) != PC_OK) {
+            pc_clear_error(); /* a sticky device error: nothing runs any more */
+        }
+    }
+    pthread_mutex_unlock(&rt->copies_mu);
+#else
+    (void)rt;
 #endif
 }
 
@@ -448,6 +469,7 @@ PcStatus pc_runtime_begin_step(PcRuntime *rt, int n_model_in, PcTensor *const *i
 void pc_runtime_end_step(PcRuntime *rt) {
     for (int s = 0; s < rt->n_stages; s++)
         for (int m = 0; m < rt->n_mb; m++) mb_clear(rt, s, m);
+    order_pending_copies(rt);
     reap_copies(rt, false);
     decref_array(rt->model_in, rt->n_mb * rt->n_model_in);
     free(rt->model_in);
@@ -542,14 +564,17 @@ static bool is_peer_move(const PcRuntime *rt, PcDevice from, PcDevice to) {
 /* Copy v, just made on its GPU by the calling thread, to GPU `dev` without tying the two
  * GPUs' compute streams together (pc_op_to orders each current stream behind the other's,
  * so one GPU would wait for all the work the other had queued, and vice versa):
- *   - the copy runs on dev's stream for copies from v's GPU (pc_cuda_peer_stream: only this
- *     thread uses it, so copies run in the order they were made) after an event recorded
- *     now on the producer's stream: it waits for v, not for work queued after v;
+ *   - the copy runs on dev's stream for copies from v's GPU (pc_cuda_peer_stream, shared by
+ *     the ranks on v's GPU) after an event recorded now on the producer's stream: it waits
+ *     for v, not for work queued after v;
  *   - the consumer's stream waits for *done only when it uses the copy (settle);
  *   - v stays alive until the copy ran (rt->copies), instead of the producer's stream
  *     waiting for it.
  * The copy's memory is tied to the copy stream; settle records its use on the consumer's
- * stream. Called without mu (it allocates and enqueues). */
+ * stream. Under PIPEC_TEST_PEER_COPY the copy stream first fills the copy with NaN and
+ * idles a while, so a consumer that used it without waiting would read NaN, and a source
+ * released too early would be overwritten before the copy read it. Called without mu (it
+ * allocates and enqueues). */
 static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **out,
                           void **done) {
     *out = NULL;
@@ -571,6 +596,9 @@ static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **o
         if (st == PC_OK) st = back;
     }
     if (st == PC_OK) st = pc_cuda_stream_wait_event(copy_stream, ready);
+    if (st == PC_OK && rt->peer_same_gpu)
+        st = pc_cuda_test_delay(copy_stream, dev.index, pc_tensor_data(dst),
+                                pc_tensor_nbytes(dst), 300);
     if (st == PC_OK) {
         st = pc_cuda_memcpy_peer_async(copy_stream, dev.index, pc_tensor_data(dst),
                                        v->device.index, pc_tensor_data(c), pc_tensor_nbytes(c));
@@ -589,6 +617,13 @@ static PcStatus peer_move(PcRuntime *rt, PcTensor *v, PcDevice dev, PcTensor **o
         pc_tensor_decref(dst);
         pc_tensor_decref(c);
         return st;
+    }
+    PcTensor *alias = NULL; /* the memory without the graph behind v */
+    if (pc_op_detach(c, &alias) == PC_OK) {
+        pc_tensor_decref(c);
+        c = alias;
+    } else {
+        pc_clear_error(); /* keep v itself */
     }
     pthread_mutex_lock(&rt->copies_mu);
     if (rt->n_copies == rt->cap_copies) {
@@ -651,10 +686,15 @@ static PcStatus deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
             PcTensor *v = x->out[o], *val = v;
             PcDevice to = rt->st[cn.stage].d.device;
             void *done = NULL;
-            if (is_peer_move(rt, v->device, to))
+            if (is_peer_move(rt, v->device, to)) {
+                pthread_mutex_lock(&rt->mu); /* no copy for a value already delivered */
+                bool have = MB(rt, cn.stage, m)->in[cn.input] != NULL;
+                pthread_mutex_unlock(&rt->mu);
+                if (have) continue;
                 PC_TRY(peer_move(rt, v, to, &val, &done));
-            else
+            } else {
                 pc_tensor_incref(v);
+            }
             pthread_mutex_lock(&rt->mu);
             MbState *y = MB(rt, cn.stage, m);
             if (y->in[cn.input]) { /* already delivered */
@@ -693,6 +733,13 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
         void *done = NULL;
         PcDevice dev = rt->st[src.src_stage].d.device;
         if (g && (!pc_device_eq(g->device, dev) || is_peer_move(rt, g->device, dev))) {
+            pthread_mutex_lock(&rt->mu); /* no copy for a gradient no longer expected */
+            bool complete = p->gout_missing[i] <= 0;
+            pthread_mutex_unlock(&rt->mu);
+            if (complete) {
+                pc_tensor_decref(g);
+                continue;
+            }
             PcTensor *moved = NULL;
             status = is_peer_move(rt, g->device, dev) ? peer_move(rt, g, dev, &moved, &done)
                                                       : pc_op_to(g, g->dtype, dev, &moved);

@@ -399,13 +399,32 @@ extern "C" PcStatus pc_cuda_memcpy_peer_async(void *stream, int dst_dev, void *d
     if (nbytes == 0) return PC_OK;
     PC_TRY(pc_cuda_check_ordinal(dst_dev));
     PC_TRY(pc_cuda_check_ordinal(src_dev));
-    {
-        PcCudaDeviceGuard g;
-        PC_TRY(g.enter(dst_dev));
-        pc_cuda_enable_peer_once(dst_dev, src_dev);
-    }
+    PcCudaDeviceGuard g; /* the stream is dst's: its device is current for the copy */
+    PC_TRY(g.enter(dst_dev));
+    pc_cuda_enable_peer_once(dst_dev, src_dev);
     PC_CUDA_TRY(cudaMemcpyPeerAsync(dst, dst_dev, src, src_dev, nbytes,
                                     static_cast<cudaStream_t>(stream)));
+    return PC_OK;
+}
+
+/* Spins the GPU for about `us` microseconds (PIPEC_TEST_PEER_COPY: makes a copy late). */
+__global__ void pc_cuda_spin_kernel(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
+extern "C" PcStatus pc_cuda_test_delay(void *stream, int dev, void *poison, size_t nbytes,
+                                       int us) {
+    PcCudaDeviceGuard g;
+    PC_TRY(g.enter(dev));
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (poison && nbytes) PC_CUDA_TRY(cudaMemsetAsync(poison, 0xff, nbytes, s));
+    pc_cuda_spin_kernel<<<1, 1, 0, s>>>(1000ull * (unsigned long long)us);
+    PC_CUDA_TRY(cudaGetLastError());
     return PC_OK;
 }
 
@@ -633,7 +652,24 @@ extern "C" PcStatus pc_cuda_stream_synchronize(void *stream) {
     return PC_OK;
 }
 
+/* Makes the device of `stream` current for the guard's scope: the runtime's rank threads
+ * drive several GPUs from one thread and never change the current device themselves
+ * (cudaStreamGetDevice since CUDA 12.8; before it, the call relies on the stream alone). */
+static PcStatus enter_stream_device(PcCudaDeviceGuard &g, cudaStream_t stream) {
+#if CUDART_VERSION >= 12080
+    int dev;
+    PC_CUDA_TRY(cudaStreamGetDevice(stream, &dev));
+    return g.enter(dev);
+#else
+    (void)g;
+    (void)stream;
+    return PC_OK;
+#endif
+}
+
 extern "C" PcStatus pc_cuda_stream_wait_event(void *stream, void *event) {
+    PcCudaDeviceGuard g;
+    PC_TRY(enter_stream_device(g, static_cast<cudaStream_t>(stream)));
     PC_CUDA_TRY(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream),
                                     static_cast<cudaEvent_t>(event), 0));
     return PC_OK;
@@ -700,6 +736,8 @@ extern "C" PcStatus pc_cuda_event_record(void *event, void *stream) {
         PC_TRY(pc_cuda_get_device(&dev));
         PC_TRY(pc_cuda_current_stream(dev, &stream));
     }
+    PcCudaDeviceGuard g;
+    PC_TRY(enter_stream_device(g, static_cast<cudaStream_t>(stream)));
     PC_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(event),
                                 static_cast<cudaStream_t>(stream)));
     return PC_OK;

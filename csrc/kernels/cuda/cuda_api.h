@@ -82,6 +82,9 @@ PcStatus pc_cuda_stream_wait_stream(int dev, void *waiter, void *waitee);
  * between the two devices on first use. */
 PcStatus pc_cuda_memcpy_peer_async(void *stream, int dst_dev, void *dst, int src_dev,
                                    const void *src, size_t nbytes);
+/* Testing aid: on `stream` (of device dev), fill `poison` (nbytes, may be NULL) with 0xff bytes
+ * (NaN as floats) and then keep the GPU busy for about `us` microseconds. */
+PcStatus pc_cuda_test_delay(void *stream, int dev, void *poison, size_t nbytes, int us);
 /* Greatest (numerically lowest) and least stream priorities on this machine. */
 PcStatus pc_cuda_stream_priority_range(int *least, int *greatest);
 
