@@ -4,8 +4,10 @@
 # Run on the GPU machine from the repository root:
 #     bash tools/gpu_check.sh
 # Steps: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
-# (2) pytest -m "cuda or multigpu" over tests/, (3) bench/ops_cuda.py (pipec vs torch),
-# (4) bench/pipeline.py with both ranks on the one GPU (each schedule's overhead).
+# (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
+# PIPEC_TEST_PEER_COPY=1 (the cross-GPU hand-off between ranks on this one GPU),
+# (4) bench/ops_cuda.py (pipec vs torch), (5) bench/pipeline.py with both ranks on the one
+# GPU (each schedule's overhead).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
 # ./gpu_check_logs. Every step runs even when an earlier one fails; the exit status is the
 # first failure's.
