@@ -6,6 +6,7 @@
 #
 #     bash tools/gpu_check_2gpu.sh [all|tests|bench|local]     (default: all)
 #
+# `tests` runs an NCCL smoke test first and every test group under its own time limit.
 # `tests`, `bench` and `local` split the work over device calls (each under 10 minutes); the
 # editable build is kept between calls on a warm machine. Logs and tables go to $OUT (or
 # ./gpu_check_logs); the exit status is the first failing step's.
@@ -23,7 +24,18 @@ if [ "$(cat .gpu_build_hash 2>/dev/null)" != "$HASH" ] || ! "$PY" -c 'import pip
     echo "$HASH" > .gpu_build_hash
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
-    step tests tests.log "$PY" -m pytest -q -m multigpu tests -rs
+    # cheapest first, each step under its own time limit, so one systematic hang cannot use
+    # up the call: NCCL between the two processes (tensors, objects, byte messages), then
+    # LocalPipeline on both GPUs, then the pipeline numerics over NCCL (stop after 2
+    # failures), then the fault tests (a killed rank, a silent rank)
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step smoke smoke.log timeout 120 "$PY" -m pipec.run --nproc-per-node 2 tools/nccl_smoke.py --quick
+    step tests_local tests_local.log timeout 200 "$PY" -m pytest -q -m multigpu -rs \
+        tests/test_schedules.py tests/test_cuda.py
+    step tests_nccl tests_nccl.log timeout 360 "$PY" -m pytest -q -m multigpu -rs --maxfail=2 \
+        tests/test_schedule_multiproc.py -k "not failing_rank"
+    step tests_faults tests_faults.log timeout 240 "$PY" -m pytest -q -m multigpu -rs \
+        tests/test_schedule_multiproc.py tests/test_distributed.py -k "failing_rank or silent_rank"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
     step p2p p2p.log "$PY" bench/p2p.py --out "$LOGDIR/p2p_2gpu.md"

@@ -1,7 +1,10 @@
 """NCCL smoke test and p2p bandwidth: run with `python -m pipec.run --nproc-per-node 2
-tools/nccl_smoke.py` on a machine with 2 GPUs. Checks send/recv both ways, all_reduce and
-barrier over pipec's NCCL backend, then times one-direction send/recv for several sizes."""
+tools/nccl_smoke.py [--quick]` on a machine with 2 GPUs. Checks send/recv both ways,
+all_reduce, barrier, broadcast_object_list and byte messages of several sizes (the paths the
+first pipeline step's shape and fingerprint exchange takes) over pipec's NCCL backend, then,
+unless --quick, times one-direction send/recv for several sizes."""
 import os
+import sys
 import time
 
 import pipec
@@ -28,7 +31,24 @@ dist.all_reduce(s)
 pipec.cuda.synchronize(rank)
 assert s.cpu().tolist() == [3.0] * 4, s.cpu().tolist()
 dist.barrier()
-print(f"rank {rank}: send/recv and all_reduce OK", flush=True)
+objs = [{"rank": rank, "blob": bytes(range(256)) * 300}, None] if rank == 0 else [None, None]
+dist.broadcast_object_list(objs, src=0)
+assert objs[0] == {"rank": 0, "blob": bytes(range(256)) * 300}, (rank, str(objs)[:80])
+comm = dist._default_comm()
+for n in (0, 1, 7, 4096, 1 << 20):
+    payload = bytes((i * 7 + rank) % 251 for i in range(n))
+    if rank == 0:
+        comm.send_bytes(payload, 1, 5)
+        got = comm.recv_bytes(1, 6)
+    else:
+        got = comm.recv_bytes(0, 5)
+        comm.send_bytes(payload, 0, 6)
+    assert got == bytes((i * 7 + other) % 251 for i in range(n)), (rank, n)
+print(f"rank {rank}: send/recv, all_reduce, broadcast_object_list and byte messages OK",
+      flush=True)
+if "--quick" in sys.argv[1:]:
+    dist.destroy_process_group()
+    sys.exit(0)
 for nbytes in (4096, 262144, 4 << 20, 64 << 20, 512 << 20):
     t = pipec.empty(nbytes // 4, device=dev)
     for it in range(3 + 10):

@@ -125,6 +125,7 @@ static PcStatus aborted_error(NcclComm *c, const char *op) {
 static bool nc_async_failed(NcclComm *c, ncclResult_t *res) {
     bool failed = false;
     *res = ncclSuccess;
+    if (atomic_load(&c->aborted)) return false; /* never wait behind an abort in progress */
     pthread_mutex_lock(&c->abort_mu);
     if (c->comm && !atomic_load(&c->aborted))
         failed = ncclCommGetAsyncError(c->comm, res) == ncclSuccess && *res != ncclSuccess &&
@@ -136,6 +137,9 @@ static bool nc_async_failed(NcclComm *c, ncclResult_t *res) {
 /* Aborts the communicator once (any thread), keeping `why` (may be NULL) for later errors.
  * NCCL's kernels end, so every stream and host call waiting on them is released. */
 static void nc_abort_why(NcclComm *c, const char *why) {
+    /* a second caller returns at once instead of blocking while the first one's
+     * ncclCommAbort runs (it can take long: NCCL waits for its proxy threads) */
+    if (atomic_load(&c->aborted)) return;
     pthread_mutex_lock(&c->abort_mu);
     if (c->comm && !atomic_load(&c->aborted)) {
         if (why) snprintf(c->why, sizeof c->why, "%s", why);
@@ -354,6 +358,15 @@ static PcStatus wd_start(NcclComm *c) {
     return PC_OK;
 }
 
+/* t's memory is used by the comm stream: the caching allocator keeps it until that work is
+ * done. Called before the NCCL call is queued and never fails: an empty tensor has no
+ * memory, and memory pipec did not allocate (DLPack) is its owner's to keep alive. */
+static void nc_keep(NcclComm *c, const PcTensor *t) {
+    if (!t->storage->data) return;
+    if (pc_cuda_record_stream(c->device, t->storage->data, c->stream) != PC_OK)
+        pc_clear_error();
+}
+
 static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     (void)tag;
     NcclComm *c = NC(cm);
@@ -364,12 +377,13 @@ static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     long long slot;
+    nc_keep(c, t);
     PC_TRY(wd_begin(c, "send", &slot));
     ncclResult_t r = ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                               (cudaStream_t)c->stream);
     wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) return nccl_fail(r, "ncclSend", __FILE__, __LINE__);
-    return pc_cuda_record_stream(c->device, t->storage->data, c->stream);
+    return PC_OK;
 }
 
 static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
@@ -382,12 +396,12 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     PC_TRY(pc_cuda_current_stream(c->device, &cur));
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     long long slot;
+    nc_keep(c, t);
     PC_TRY(wd_begin(c, "recv", &slot));
     ncclResult_t r = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                               (cudaStream_t)c->stream);
     wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) return nccl_fail(r, "ncclRecv", __FILE__, __LINE__);
-    PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
 
@@ -424,7 +438,7 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     if (st == PC_OK) st = pc_cuda_current_stream(c->device, &cur);
     /* the buffer was allocated on the current stream: the transfer must follow that */
     if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
-    if (st == PC_OK) st = pc_cuda_record_stream(c->device, t->storage->data, c->stream);
+    if (st == PC_OK) nc_keep(c, t);
     long long slot;
     if (st == PC_OK && (st = wd_begin(c, "recv", &slot)) == PC_OK) {
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
@@ -466,8 +480,14 @@ static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *bu
     PC_CUDART_TRY(cudaMalloc(&d, total));
     uint64_t n64 = n;
     PcStatus st = PC_OK;
-    cudaError_t ce = cudaMemcpy(d, &n64, 8, cudaMemcpyHostToDevice);
-    if (ce == cudaSuccess && n) ce = cudaMemcpy((char *)d + 8, buf, n, cudaMemcpyHostToDevice);
+    /* on the comm stream, so the send below reads the bytes after they landed (a plain
+     * cudaMemcpy from pageable memory may return before that, and runs on the legacy
+     * stream, which the comm stream does not follow); the host bytes are staged before the
+     * call returns */
+    cudaError_t ce = cudaMemcpyAsync(d, &n64, 8, cudaMemcpyHostToDevice, (cudaStream_t)c->stream);
+    if (ce == cudaSuccess && n)
+        ce = cudaMemcpyAsync((char *)d + 8, buf, n, cudaMemcpyHostToDevice,
+                             (cudaStream_t)c->stream);
     if (ce != cudaSuccess) {
         st = pc_set_error(PC_ERR_CUDA, "nccl send_bytes: staging copy failed: %s",
                           cudaGetErrorString(ce));
@@ -555,12 +575,12 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
     void *p = pc_tensor_data(t);
     long long slot;
+    nc_keep(c, t);
     PC_TRY(wd_begin(c, "all_reduce", &slot));
     ncclResult_t r = ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
                                    (cudaStream_t)c->stream);
     wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) return nccl_fail(r, "ncclAllReduce", __FILE__, __LINE__);
-    PC_TRY(pc_cuda_record_stream(c->device, t->storage->data, c->stream));
     return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
 }
 
@@ -572,7 +592,8 @@ static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     PC_CUDART_TRY(cudaMalloc(&d, n));
     PcStatus st = PC_OK;
     cudaError_t ce = cudaSuccess;
-    if (cm->rank == root) ce = cudaMemcpy(d, buf, n, cudaMemcpyHostToDevice);
+    if (cm->rank == root) /* on the comm stream: see nc_send_bytes */
+        ce = cudaMemcpyAsync(d, buf, n, cudaMemcpyHostToDevice, (cudaStream_t)c->stream);
     long long slot;
     if (ce == cudaSuccess && (st = wd_begin(c, "broadcast", &slot)) == PC_OK) {
         ncclResult_t r = ncclBroadcast(d, d, n, ncclUint8, root, c->comm, (cudaStream_t)c->stream);

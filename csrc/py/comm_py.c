@@ -477,7 +477,15 @@ static PyObject *comm_broadcast_bytes(PcPyComm *self, PyObject *args, PyObject *
 
 static PyObject *comm_abort(PcPyComm *self, PyObject *unused) {
     (void)unused;
-    if (self->comm) self->comm->ops->abort(self->comm);
+    PcComm *c = comm_enter(self); /* busy: a destroy on another thread waits for us */
+    if (!c) {
+        PyErr_Clear(); /* already destroyed: nothing to abort */
+        Py_RETURN_NONE;
+    }
+    Py_BEGIN_ALLOW_THREADS /* ncclCommAbort can take a while */
+    c->ops->abort(c);
+    Py_END_ALLOW_THREADS
+    comm_leave(self);
     Py_RETURN_NONE;
 }
 
