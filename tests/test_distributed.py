@@ -408,6 +408,14 @@ def test_single_process_group_in_process():
         objs = [{"a": 1}]
         dist.broadcast_object_list(objs, src=0)
         assert objs == [{"a": 1}]
+        # the byte path stages through the device on the comm stream
+        comm = dist._default_comm()
+        blob = bytes(range(256)) * 64
+        assert comm.broadcast_bytes(blob, 0) == blob
+        # an empty tensor has no memory to keep for the comm stream: not an error
+        empty = pipec.ones(0, device="cuda:0")
+        dist.all_reduce(empty)
+        assert empty.shape == (0,)
         dist.barrier()
         with pytest.raises(ValueError, match="tag"):
             dist.send(t, 0, tag=1 << 62)
@@ -427,8 +435,9 @@ def test_single_process_group_in_process():
 @pytest.mark.cuda
 def test_nccl_group_of_one_process():
     """The NCCL communicator in a world of one (what one GPU allows): creation with the
-    peer warm-up and the watchdog thread, all-reduce, broadcast of objects, barrier, many
-    watched transfers, and a clean destroy (the watchdog joins)."""
+    peer warm-up and the watchdog thread, all-reduce (of an empty tensor too), broadcast of
+    objects and bytes, barrier, many watched transfers, and a clean destroy (the watchdog
+    joins)."""
     import pipec
     import pipec.distributed as dist
     port = _free_port()
@@ -443,6 +452,14 @@ def test_nccl_group_of_one_process():
         objs = [{"a": 1}]
         dist.broadcast_object_list(objs, src=0)
         assert objs == [{"a": 1}]
+        # the byte path stages through the device on the comm stream
+        comm = dist._default_comm()
+        blob = bytes(range(256)) * 64
+        assert comm.broadcast_bytes(blob, 0) == blob
+        # an empty tensor has no memory to keep for the comm stream: not an error
+        empty = pipec.ones(0, device="cuda:0")
+        dist.all_reduce(empty)
+        assert empty.shape == (0,)
         dist.barrier()
         time.sleep(0.3)  # the watchdog looks every 100 ms and must leave a healthy group be
         dist.all_reduce(t)
