@@ -408,12 +408,11 @@ def test_single_process_group_in_process():
         objs = [{"a": 1}]
         dist.broadcast_object_list(objs, src=0)
         assert objs == [{"a": 1}]
-        # the byte path stages through the device on the comm stream
+        # a broadcast of bytes, and an all-reduce of an empty tensor (no memory behind it)
         comm = dist._default_comm()
         blob = bytes(range(256)) * 64
         assert comm.broadcast_bytes(blob, 0) == blob
-        # an empty tensor has no memory to keep for the comm stream: not an error
-        empty = pipec.ones(0, device="cuda:0")
+        empty = pipec.ones(0)
         dist.all_reduce(empty)
         assert empty.shape == (0,)
         dist.barrier()
@@ -621,3 +620,18 @@ def test_launcher_arguments():
 if __name__ == "__main__":
     fn = globals()[sys.argv[1]]
     fn(*sys.argv[2:])
+
+
+@pytest.mark.parametrize("visible,current,local_rank,expect", [
+    (2, 0, 1, 1),   # one GPU per local rank
+    (1, 0, 1, 0),   # per-rank CUDA_VISIBLE_DEVICES: the one visible GPU
+    (4, 3, 0, 3),   # the program chose a device with pipec.cuda.set_device
+    (2, 0, 3, 1),   # more local ranks than GPUs: shared round-robin
+    (0, 0, 1, 1),   # no GPU: left to the communicator to report
+])
+def test_default_nccl_device(monkeypatch, visible, current, local_rank, expect):
+    import pipec
+    import pipec.distributed as dist
+    monkeypatch.setattr(pipec.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(pipec.cuda, "current_device", lambda: current)
+    assert dist._default_nccl_device(local_rank) == expect

@@ -699,6 +699,37 @@ def test_skip_connection_refused_on_nccl():
     _assert_ok(res, 2)
 
 
+def case_stage_on_other_gpu():
+    """Over NCCL each rank's stages must be on the communicator's GPU. With every rank's
+    stage on the other rank's GPU, set-up fails on every rank with an error naming both
+    devices, before any transfer (where the peer would wait out its timeout)."""
+    import test_schedules as ts
+    from pipec.pipelining import PipelineStage, Schedule1F1B
+    rank, world = _setup(timeout=30)
+    other = f"cuda:{(rank + 1) % world}"
+    model = ts.new_multimlp(world, other)
+    stage = PipelineStage(model.layers[rank], rank, world, other)
+    sched = Schedule1F1B(stage, 4, loss_fn=ts.mse_sum)
+    x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+    t0 = time.monotonic()
+    try:
+        sched.step(*((x.to(other),) if rank == 0 else ()),
+                   **({"target": t.to(other)} if rank == world - 1 else {}))
+    except Exception as e:
+        msg = str(e)
+        assert f"stage {rank} is on {other}" in msg and f"memory of cuda:{rank}" in msg, msg
+        assert time.monotonic() - t0 < 20
+        print(f"OK wrong GPU rank {rank}", flush=True)
+        return
+    raise AssertionError("a stage on another rank's GPU ran over NCCL")
+
+
+@pytest.mark.multigpu
+def test_stage_on_another_gpu_is_refused_on_nccl():
+    res, _ = _launch(2, "case_stage_on_other_gpu", backend="nccl")
+    _assert_ok(res, 2)
+
+
 def case_missing_inputs():
     """Rank 0 (stage 0) calls step() without the inputs: every rank raises a ValueError
     naming rank 0 at the first step, none waits for a timeout."""

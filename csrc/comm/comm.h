@@ -64,6 +64,7 @@ struct PcComm {
     const PcCommOps *ops;
     int rank, world;
     double timeout_s;
+    int device; /* the GPU whose memory the transfers move (NCCL); -1: host memory (TCP) */
 };
 
 /* ---- bootstrap store (TCP key-value server hosted by rank 0) ---- */

@@ -30,8 +30,8 @@
  *     wd_begin to wd_end), so the ring has one producer at a time and one consumer (the
  *     watchdog);
  *   - ncclCommAbort frees the communicator: the abort and every other-thread query of
- *     c->comm (ncclCommGetAsyncError) hold `abort_mu`, and nothing calls NCCL once
- *     `aborted` is set.
+ *     c->comm (ncclCommGetAsyncError) hold `abort_mu`, nothing calls NCCL once `aborted`
+ *     is set, and the abort waits (2 s at most) for a call sequence already begun to end.
  * Compiled only when nccl.h is found (PC_WITH_NCCL, with PC_WITH_CUDA).
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
@@ -143,8 +143,17 @@ static void nc_abort_why(NcclComm *c, const char *why) {
     pthread_mutex_lock(&c->abort_mu);
     if (c->comm && !atomic_load(&c->aborted)) {
         if (why) snprintf(c->why, sizeof c->why, "%s", why);
-        atomic_store(&c->aborted, 1);
+        atomic_store(&c->aborted, 1); /* wd_begin refuses new NCCL calls from here on */
+        /* A call another thread has begun (wd_begin .. wd_end) finishes first, so the
+         * communicator is not freed under it; that takes microseconds, unless the call is
+         * stuck inside NCCL, which only the abort can release: wait 2 s at most. Never
+         * called with io_mu held by this thread. */
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 2;
+        bool quiet = pthread_mutex_timedlock(&c->io_mu, &dl) == 0;
         ncclCommAbort(c->comm);
+        if (quiet) pthread_mutex_unlock(&c->io_mu);
     }
     pthread_mutex_unlock(&c->abort_mu);
 }
@@ -710,6 +719,7 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
     c->base.world = world;
     c->base.timeout_s = timeout_s;
     c->device = device;
+    c->base.device = device;
     pthread_mutex_init(&c->wd_mu, NULL);
     pthread_mutex_init(&c->io_mu, NULL);
     pthread_mutex_init(&c->abort_mu, NULL);

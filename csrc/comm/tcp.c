@@ -1208,6 +1208,7 @@ PcStatus pc_comm_tcp_create(PcStore *store, int rank, int world, double timeout_
     c->base.rank = rank;
     c->base.world = world;
     c->base.timeout_s = timeout_s;
+    c->base.device = -1;
     c->stop_pipe[0] = c->stop_pipe[1] = -1;
     atomic_init(&c->aborted, false);
     atomic_init(&c->failed, false);

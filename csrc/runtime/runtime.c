@@ -405,6 +405,18 @@ PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank) {
         if (st->d.rank != rank) continue;
         PC_CHECK(st->d.prog, PC_ERR_INVALID, "runtime: stage %d of rank %d has no Program", s,
                  rank);
+        /* caught here, not at the first transfer (where the peer would wait out its timeout) */
+        if (comm->device >= 0 &&
+            !(st->d.device.type == PC_CUDA && st->d.device.index == comm->device)) {
+            char where[32] = "cpu";
+            if (st->d.device.type == PC_CUDA)
+                snprintf(where, sizeof where, "cuda:%d", st->d.device.index);
+            return pc_set_error(PC_ERR_DEVICE,
+                                "runtime: stage %d is on %s, but this rank's %s communicator "
+                                "moves the memory of cuda:%d: put the rank's stages on that "
+                                "GPU (or pass device_id= to init_process_group)",
+                                s, where, comm->ops->name, comm->device);
+        }
         int n_redge = 0;
         bool remote_out = false, remote_in = false;
         for (int o = 0; o < st->d.n_out; o++)

@@ -280,6 +280,19 @@ def _default_store():
     return _state.store
 
 
+def _default_nccl_device(local_rank):
+    """The GPU of this rank when init_process_group is not told: the current device when
+    the program chose one (``pipec.cuda.set_device``, anything but 0), else the local rank,
+    modulo the visible devices (one GPU visible per process, as with per-rank
+    ``CUDA_VISIBLE_DEVICES``, gives device 0)."""
+    from .. import cuda
+    n = cuda.device_count()
+    if n <= 0:
+        return local_rank  # the communicator reports the missing device
+    cur = cuda.current_device()
+    return cur if cur != 0 else local_rank % n
+
+
 def init_process_group(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1,
                        store=None, group_name="", pg_options=None, device_id=None):
     """Join the job's default process group (blocks until every rank has joined).
@@ -290,8 +303,10 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     "tcp://HOST:PORT". timeout: a ``datetime.timedelta`` or seconds (default 5 minutes);
     every later wait of the group uses it too. On NCCL it bounds a stall: a transfer that
     could start (the GPU work it depends on is done) but has not finished after `timeout`
-    aborts the communicator, and later calls raise pipec.PipelineError with the reason. ``store`` / ``group_name`` / ``pg_options``
-    are accepted for torch compatibility; a custom store is not supported.
+    aborts the communicator, and later calls raise pipec.PipelineError with the reason.
+    device_id (NCCL): this rank's GPU; by default the current device when the program set
+    one, else the local rank modulo the visible GPUs. ``store`` / ``group_name`` /
+    ``pg_options`` are accepted for torch compatibility; a custom store is not supported.
 
     Raises ValueError for missing or malformed settings and pipec.PipelineError when the
     rendezvous fails (port in use, master unreachable, a rank that never arrives: the error
@@ -315,7 +330,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
             elif isinstance(device_id, int):
                 device = device_id
             else:
-                device = lr
+                device = _default_nccl_device(lr)
         st = comm = None
         try:
             st = _C.Store(addr, port, r == 0, w, secs)
