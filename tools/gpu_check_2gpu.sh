@@ -32,6 +32,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     step smoke smoke.log timeout 120 "$PY" -m pipec.run --nproc-per-node 2 tools/nccl_smoke.py --quick
     step tests_local tests_local.log timeout 200 "$PY" -m pytest -q -m multigpu -rs \
         tests/test_schedules.py tests/test_cuda.py
+    # the same with every peer copy NaN-poisoned and delayed: a missing wait shows as NaN
+    step tests_local_poisoned tests_local_poisoned.log env PIPEC_TEST_PEER_COPY=1 timeout 200 \
+        "$PY" -m pytest -q -m multigpu tests/test_schedules.py
     step tests_nccl tests_nccl.log timeout 360 "$PY" -m pytest -q -m multigpu -rs --maxfail=2 \
         tests/test_schedule_multiproc.py -k "not failing_rank"
     step tests_faults tests_faults.log timeout 240 "$PY" -m pytest -q -m multigpu -rs \
