@@ -367,26 +367,29 @@ static PcStatus wd_start(NcclComm *c) {
     return PC_OK;
 }
 
-/* t's memory is used by the comm stream: the caching allocator keeps it until that work is
- * done. Called before the NCCL call is queued and never fails: an empty tensor has no
- * memory, and memory pipec did not allocate (DLPack) is its owner's to keep alive. */
-static void nc_keep(NcclComm *c, const PcTensor *t) {
-    if (!t->storage->data) return;
-    if (pc_cuda_record_stream(c->device, t->storage->data, c->stream) != PC_OK)
+/* Before a tensor operation is queued on the comm stream: checks t (`what` names the call)
+ * and its NCCL type (*dt), makes the comm stream follow the caller's current stream (*cur:
+ * t was written or allocated there) and has the caching allocator keep t's memory until
+ * the comm stream's work is done. Keeping never fails: an empty tensor has no memory, and
+ * memory pipec did not allocate (DLPack) is its owner's to keep alive. */
+static PcStatus nc_prepare(NcclComm *c, const PcTensor *t, const char *what,
+                           ncclDataType_t *dt, void **cur) {
+    PC_TRY(check_tensor(c, t, what));
+    PC_TRY(nccl_dtype(t->dtype, dt));
+    PC_TRY(pc_cuda_current_stream(c->device, cur));
+    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, *cur));
+    if (t->storage->data && pc_cuda_record_stream(c->device, t->storage->data, c->stream) != PC_OK)
         pc_clear_error();
+    return PC_OK;
 }
 
 static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     (void)tag;
     NcclComm *c = NC(cm);
-    PC_TRY(check_tensor(c, t, "send"));
     ncclDataType_t dt;
-    PC_TRY(nccl_dtype(t->dtype, &dt));
     void *cur;
-    PC_TRY(pc_cuda_current_stream(c->device, &cur));
-    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    PC_TRY(nc_prepare(c, t, "send", &dt, &cur));
     long long slot;
-    nc_keep(c, t);
     PC_TRY(wd_begin(c, "send", &slot));
     ncclResult_t r = ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                               (cudaStream_t)c->stream);
@@ -398,14 +401,10 @@ static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
 static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
     (void)tag;
     NcclComm *c = NC(cm);
-    PC_TRY(check_tensor(c, t, "recv"));
     ncclDataType_t dt;
-    PC_TRY(nccl_dtype(t->dtype, &dt));
     void *cur;
-    PC_TRY(pc_cuda_current_stream(c->device, &cur));
-    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    PC_TRY(nc_prepare(c, t, "recv", &dt, &cur));
     long long slot;
-    nc_keep(c, t);
     PC_TRY(wd_begin(c, "recv", &slot));
     ncclResult_t r = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
                               (cudaStream_t)c->stream);
@@ -435,19 +434,14 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     (void)tag;
     *req = NULL;
     NcclComm *c = NC(cm);
-    PC_TRY(check_tensor(c, t, "recv"));
     ncclDataType_t dt;
-    PC_TRY(nccl_dtype(t->dtype, &dt));
+    void *cur;
+    PC_TRY(nc_prepare(c, t, "recv", &dt, &cur));
     NcclRecvReq *r = calloc(1, sizeof *r);
     if (!r) return pc_set_error(PC_ERR_OOM, "recv: out of host memory posting a receive");
     pc_tensor_incref(t);
     r->t = t;
-    void *cur;
     PcStatus st = pc_cuda_event_create(c->device, false, false, false, &r->event);
-    if (st == PC_OK) st = pc_cuda_current_stream(c->device, &cur);
-    /* the buffer was allocated on the current stream: the transfer must follow that */
-    if (st == PC_OK) st = pc_cuda_stream_wait_stream(c->device, c->stream, cur);
-    if (st == PC_OK) nc_keep(c, t);
     long long slot;
     if (st == PC_OK && (st = wd_begin(c, "recv", &slot)) == PC_OK) {
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
@@ -576,15 +570,11 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
 
 static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     NcclComm *c = NC(cm);
-    PC_TRY(check_tensor(c, t, "all_reduce"));
     ncclDataType_t dt;
-    PC_TRY(nccl_dtype(t->dtype, &dt));
     void *cur;
-    PC_TRY(pc_cuda_current_stream(c->device, &cur));
-    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, cur));
+    PC_TRY(nc_prepare(c, t, "all_reduce", &dt, &cur));
     void *p = pc_tensor_data(t);
     long long slot;
-    nc_keep(c, t);
     PC_TRY(wd_begin(c, "all_reduce", &slot));
     ncclResult_t r = ncclAllReduce(p, p, (size_t)pc_tensor_numel(t), dt, ncclSum, c->comm,
                                    (cudaStream_t)c->stream);

@@ -142,6 +142,9 @@ static inline bool pc_device_eq(PcDevice a, PcDevice b) {
     return a.type == b.type && (a.type == PC_CPU || a.index == b.index);
 }
 
+/* Device string "cpu" / "cuda:0" into buf; returns buf (defined in ops/common.c). */
+const char *pc_device_str(PcDevice d, char *buf, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -51,7 +51,4 @@ void pc_meta_of(const PcTensor *t, PcTensorMeta *m);
 PcStatus pc_attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
                         PcTensor *out, PcNode **node);
 
-/* Device string "cpu" / "cuda:0" into buf. */
-const char *pc_device_str(PcDevice d, char *buf, size_t n);
-
 #endif /* PC_OPS_INTERNAL_H */

@@ -407,15 +407,14 @@ PcStatus pc_runtime_set_comm(PcRuntime *rt, PcComm *comm, int rank) {
                  rank);
         /* caught here, not at the first transfer (where the peer would wait out its timeout) */
         if (comm->device >= 0 &&
-            !(st->d.device.type == PC_CUDA && st->d.device.index == comm->device)) {
-            char where[32] = "cpu";
-            if (st->d.device.type == PC_CUDA)
-                snprintf(where, sizeof where, "cuda:%d", st->d.device.index);
+            !pc_device_eq(st->d.device, (PcDevice){PC_CUDA, comm->device})) {
+            char where[32];
             return pc_set_error(PC_ERR_DEVICE,
                                 "runtime: stage %d is on %s, but this rank's %s communicator "
                                 "moves the memory of cuda:%d: put the rank's stages on that "
                                 "GPU (or pass device_id= to init_process_group)",
-                                s, where, comm->ops->name, comm->device);
+                                s, pc_device_str(st->d.device, where, sizeof where),
+                                comm->ops->name, comm->device);
         }
         int n_redge = 0;
         bool remote_out = false, remote_in = false;
@@ -698,15 +697,10 @@ static PcStatus deliver_forward(PcRuntime *rt, int s, int m, int kinds) {
             PcTensor *v = x->out[o], *val = v;
             PcDevice to = rt->st[cn.stage].d.device;
             void *done = NULL;
-            if (is_peer_move(rt, v->device, to)) {
-                pthread_mutex_lock(&rt->mu); /* no copy for a value already delivered */
-                bool have = MB(rt, cn.stage, m)->in[cn.input] != NULL;
-                pthread_mutex_unlock(&rt->mu);
-                if (have) continue;
+            if (is_peer_move(rt, v->device, to))
                 PC_TRY(peer_move(rt, v, to, &val, &done));
-            } else {
+            else
                 pc_tensor_incref(v);
-            }
             pthread_mutex_lock(&rt->mu);
             MbState *y = MB(rt, cn.stage, m);
             if (y->in[cn.input]) { /* already delivered */
@@ -745,13 +739,6 @@ static PcStatus deliver_backward(PcRuntime *rt, int s, int m, int kinds) {
         void *done = NULL;
         PcDevice dev = rt->st[src.src_stage].d.device;
         if (g && (!pc_device_eq(g->device, dev) || is_peer_move(rt, g->device, dev))) {
-            pthread_mutex_lock(&rt->mu); /* no copy for a gradient no longer expected */
-            bool complete = p->gout_missing[i] <= 0;
-            pthread_mutex_unlock(&rt->mu);
-            if (complete) {
-                pc_tensor_decref(g);
-                continue;
-            }
             PcTensor *moved = NULL;
             status = is_peer_move(rt, g->device, dev) ? peer_move(rt, g, dev, &moved, &done)
                                                       : pc_op_to(g, g->dtype, dev, &moved);
