@@ -320,12 +320,14 @@ def case_silent_peer():
 
 
 def case_nccl_silent_peer():
-    """NCCL, one GPU per rank: rank 1 stays alive but never sends. Rank 0 queues the receive
+    """NCCL, two ranks: rank 1 stays alive but never sends. Rank 0 queues the receive
     and then blocks in a CUDA synchronize (not a pipec wait with a deadline): the watchdog
     must abort the communicator after the 2 s timeout, releasing the synchronize, and the
-    next call must fail naming the reason."""
+    next call must fail naming the reason. On one GPU the two ranks share it (gpu_share.py)."""
     import pipec
     import pipec.distributed as dist
+    from gpu_share import share_gpus_for_nccl
+    share_gpus_for_nccl(int(os.environ["RANK"]), 2)
     dist.init_process_group(backend="nccl", timeout=2)
     if dist.get_rank() == 1:
         time.sleep(10)
@@ -547,7 +549,7 @@ def test_silent_rank_times_out_naming_it():
     assert 1.3 < waited < 5, so
 
 
-@pytest.mark.multigpu
+@pytest.mark.nccl_ranks
 def test_nccl_silent_rank_is_aborted_by_the_watchdog():
     out, secs = _spawn([0, 1], 2, "case_nccl_silent_peer")
     rc, so, se = out[0]

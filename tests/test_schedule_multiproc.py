@@ -71,17 +71,20 @@ DEV = "cpu"  # this rank's device: cpu (tcp backend) or cuda:<local rank> (nccl)
 
 def _setup(timeout=60):
     """Join the job: PIPEC_TEST_BACKEND=tcp (CPU processes, the default), nccl (one GPU per
-    rank) or tcp-cuda (stages on GPUs, shared round-robin, messages staged through the host
-    over TCP: runs on a single GPU)."""
+    rank; with fewer GPUs than ranks the ranks share them, gpu_share.py) or tcp-cuda (stages
+    on GPUs, shared round-robin, messages staged through the host over TCP)."""
     global DEV
     import pipec
     import pipec.distributed as dist
+    from gpu_share import share_gpus_for_nccl
     backend = os.environ.get("PIPEC_TEST_BACKEND", "tcp")
     if backend in ("nccl", "tcp-cuda"):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if backend == "tcp-cuda":
             local %= pipec.cuda.device_count()
             backend = "tcp"
+        else:
+            local = share_gpus_for_nccl(local, int(os.environ["LOCAL_WORLD_SIZE"]))
         DEV = f"cuda:{local}"
         pipec.cuda.set_device(local)
     dist.init_process_group(backend, timeout=timeout)
@@ -693,7 +696,7 @@ def case_skip_refused_on_nccl():
     raise AssertionError("a skip connection across processes ran over NCCL")
 
 
-@pytest.mark.multigpu
+@pytest.mark.nccl_ranks
 def test_skip_connection_refused_on_nccl():
     res, _ = _launch(2, "case_skip_refused_on_nccl", backend="nccl")
     _assert_ok(res, 2)
@@ -836,7 +839,7 @@ def _spawn(world, case, *args, timeout=60, backend="tcp"):
     return out, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("backend", ["tcp", pytest.param("nccl", marks=pytest.mark.multigpu)])
+@pytest.mark.parametrize("backend", ["tcp", pytest.param("nccl", marks=pytest.mark.nccl_ranks)])
 @pytest.mark.parametrize("mode", ["raise", "kill"])
 def test_failing_rank_is_named_not_a_hang(mode, backend):
     out, secs = _spawn(2, "case_rank_fails", mode, backend=backend)
@@ -884,9 +887,9 @@ def test_ported_cases_gpu_stages_over_tcp(case, args):
     _assert_ok(res, 2)
 
 
-# ---- the same over NCCL, one GPU per rank (2 GPUs) ----
+# ---- the same over NCCL: one GPU per rank, or ranks sharing one GPU (gpu_share.py) ----
 
-@pytest.mark.multigpu
+@pytest.mark.nccl_ranks
 @pytest.mark.parametrize("frontend", ["tracer", "manual"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_schedule_numerics_nccl(schedule, frontend):
@@ -895,7 +898,7 @@ def test_schedule_numerics_nccl(schedule, frontend):
     _assert_ok(res, 2)
 
 
-@pytest.mark.multigpu
+@pytest.mark.nccl_ranks
 @pytest.mark.parametrize("case,args", [
     ("case_kwargs", ("1F1B", 4)), ("case_custom_dw", ("ZBVZeroBubble", 4)),
     ("case_eval", ("Interleaved1F1B", 4)), ("case_multi_iter", ("1F1B", 4, 20)),

@@ -2,12 +2,19 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh
-# Steps: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
+#     bash tools/gpu_check.sh [all|nccl]      (default: all)
+# all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
 # PIPEC_TEST_PEER_COPY=1 (the cross-GPU hand-off between ranks on this one GPU),
 # (4) bench/ops_cuda.py (pipec vs torch), (5) bench/pipeline.py with both ranks on the one
 # GPU (each schedule's overhead).
+# nccl: the multi-process NCCL path with two ranks sharing this GPU (tests/gpu_share.py:
+# one NCCL host id per rank, NCCL's socket transport on loopback): the smoke test, the
+# `nccl_ranks` tests (every schedule's numerics over NCCL, the ported cases, a failing, a
+# killed and a silent rank), and bench/pipeline_mp.py on the small config next to torch (its
+# correctness column; the times mean nothing with a shared GPU).
+# The build is skipped when this machine already built these very sources (a warm machine
+# keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
 # ./gpu_check_logs. Every step runs even when an earlier one fails; the exit status is the
 # first failure's.
@@ -24,9 +31,30 @@ cd "$(dirname "$0")/.."
 } > "$LOGDIR/env.txt"
 cat "$LOGDIR/env.txt"
 
-if step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -v -e .; then
+WHAT="${1:-all}"
+HASH=$(find csrc setup.py pyproject.toml -type f | sort | xargs cat | sha1sum | cut -d' ' -f1)
+built=0
+if [ "$(cat .gpu_build_hash 2>/dev/null)" = "$HASH" ] && "$PY" -c 'import pipec' 2>/dev/null; then
+    built=1
+    echo "build: this machine already built these sources" | tee -a "$LOGDIR/summary.txt"
+elif step build build.log env PIPEC_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -v -e .; then
+    built=1
+    echo "$HASH" > .gpu_build_hash
+fi
+if [ $built = 1 ]; then
     "$PY" -c 'import pipec; print("pipec.cuda.is_available():", pipec.cuda.is_available(), "devices:", pipec.cuda.device_count())' \
         2>&1 | tee -a "$LOGDIR/summary.txt"
+fi
+if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step smoke smoke.log timeout 120 "$PY" -m pipec.run --nproc-per-node 2 tools/nccl_smoke.py --quick
+    step nccl_tests nccl_tests.log timeout 300 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
+        --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py
+    step pipeline_mp pipeline_mp.log timeout 90 "$PY" bench/pipeline_mp.py --configs small \
+        --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
+        --out "$LOGDIR/pipeline_mp_shared_gpu.md"
+fi
+if [ $built = 1 ] && [ "$WHAT" = all ]; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
     # the LocalPipeline cross-GPU hand-off (peer copies, events, copy streams) with both
     # ranks on this GPU: its synchronisation under the same numerics tests

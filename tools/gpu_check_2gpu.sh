@@ -35,9 +35,9 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tests ]; then
     # the same with every peer copy NaN-poisoned and delayed: a missing wait shows as NaN
     step tests_local_poisoned tests_local_poisoned.log env PIPEC_TEST_PEER_COPY=1 timeout 200 \
         "$PY" -m pytest -q -m multigpu tests/test_schedules.py
-    step tests_nccl tests_nccl.log timeout 360 "$PY" -m pytest -q -m multigpu -rs --maxfail=2 \
-        tests/test_schedule_multiproc.py -k "not failing_rank"
-    step tests_faults tests_faults.log timeout 240 "$PY" -m pytest -q -m multigpu -rs \
+    step tests_nccl tests_nccl.log timeout 360 "$PY" -m pytest -q -m "multigpu or nccl_ranks" \
+        -rs --maxfail=2 tests/test_schedule_multiproc.py -k "not failing_rank"
+    step tests_faults tests_faults.log timeout 240 "$PY" -m pytest -q -m "multigpu or nccl_ranks" -rs \
         tests/test_schedule_multiproc.py tests/test_distributed.py -k "failing_rank or silent_rank"
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
