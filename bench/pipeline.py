@@ -146,6 +146,9 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
         ref_losses.append(ls.float().item())
     ref_grads = {k: p.grad.float().numpy() for k, p in base.named_parameters()}
     base.zero_grad()
+    # the schedules' models are copies of this one: kept on the host, it does not count in
+    # their peak memory
+    base.to("cpu")
 
     out_lines.append(f"\n### {name}: d_hid={d}, batch={cfg['batch']}, n_microbatches={n_mb}, "
                      f"layers={cfg['layers']}, {cfg['dtype']}\n")
@@ -157,7 +160,7 @@ def run_config(name, cfg, schedules, steps, devices, baseline, out_lines):
                      f"{(single / t_single) if t_single else float('nan'):.2f} | |")
     print("\n".join(out_lines[-4:]), flush=True)
     for sched in schedules:
-        model = copy.deepcopy(base)
+        model = copy.deepcopy(base).to(devices[0])
         pipe = pipeline(model, (x[:mb],), split_spec={
             f"layers.{i}": pipec.pipelining.SplitPoint.BEGINNING
             for i in range(cfg["layers"] // (4 if sched in MULTI else 2),
