@@ -1,13 +1,14 @@
 """Point-to-point bandwidth and latency: pipec.distributed vs torch.distributed, 2 processes.
 
-    python3 bench/p2p.py [--out bench/results/p2p_2xH200.md] [--device cuda|cpu]
+    python3 bench/p2p.py [--out bench/results/p2p_2xH200.md] [--device cuda|cpu] [--max-mib 512]
 
 One job runs both sides on the same GPUs: pipec through ``python -m pipec.run`` (NCCL
 communicator in C, or TCP with --device cpu), torch through ``torchrun`` (NCCL). For each
 message size from 4 KiB to 512 MiB, rank 0 sends a float32 tensor to rank 1 ``reps`` times
 in a row (after 3 warm-up sends and a barrier); time per message and bandwidth are measured
 on rank 0 around the whole loop, ending with a device sync; latency is half of a ping-pong
-round trip of a 4-byte message, averaged over 200 round trips.
+round trip of a 4-byte message, averaged over 200 round trips. With one GPU both ranks share
+it (tests/gpu_share.py: NCCL over sockets): that checks the script, the times mean nothing.
 """
 
 import argparse
@@ -20,8 +21,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from _common import launch, report  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+from gpu_share import share_gpus_for_nccl  # noqa: E402
 SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20,
          512 << 20]
+
+
+def sizes(args):
+    return [n for n in SIZES if n <= args.max_mib << 20]
 
 
 def reps_for(nbytes):
@@ -65,7 +72,8 @@ def pipec_worker(args):
     import pipec.distributed as dist
     cuda = args.device == "cuda"
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
+    if cuda:  # with one GPU both ranks share it, over NCCL's sockets (a check, not a benchmark)
+        local = share_gpus_for_nccl(local, 2, pipec.cuda.device_count())
         pipec.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "tcp")
     rank = dist.get_rank()
@@ -73,7 +81,7 @@ def pipec_worker(args):
     res, lat = measure(rank, dist.send, dist.recv,
                        lambda n: pipec.ones(n, device=dev),
                        (lambda: pipec.cuda.synchronize(local)) if cuda else (lambda: None),
-                       dist.barrier, SIZES)
+                       dist.barrier, sizes(args))
     if rank == 0:
         print("RESULT " + json.dumps({"side": "pipec", "us": res, "lat_us": lat}), flush=True)
     dist.destroy_process_group()
@@ -82,13 +90,14 @@ def pipec_worker(args):
 def torch_worker(args):
     import torch
     import torch.distributed as dist
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = share_gpus_for_nccl(int(os.environ.get("LOCAL_RANK", "0")), 2,
+                                torch.cuda.device_count())
     torch.cuda.set_device(local)
     dist.init_process_group("nccl")
     rank = dist.get_rank()
     res, lat = measure(rank, dist.send, dist.recv,
                        lambda n: torch.ones(n, device=f"cuda:{local}"),
-                       torch.cuda.synchronize, dist.barrier, SIZES)
+                       torch.cuda.synchronize, dist.barrier, sizes(args))
     if rank == 0:
         print("RESULT " + json.dumps({"side": "torch", "us": res, "lat_us": lat}), flush=True)
     dist.destroy_process_group()
@@ -96,7 +105,7 @@ def torch_worker(args):
 
 def run_side(side, args):
     res = launch(side, 2, [os.path.abspath(__file__), "--worker", side, "--device",
-                           args.device], 29601)
+                           args.device, "--max-mib", str(args.max_mib)], 29601)
     return res[0] if res else None
 
 
@@ -104,6 +113,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--max-mib", type=int, default=512, help="largest message size (MiB)")
     ap.add_argument("--worker", choices=["pipec", "torch"], default=None)
     args = ap.parse_args()
     if args.worker == "pipec":
@@ -115,9 +125,9 @@ def main():
     lines = ["# point-to-point send/recv, 2 processes, rank 0 -> rank 1", "",
              "| size | pipec us/msg | pipec GB/s | torch us/msg | torch GB/s | pipec/torch time |",
              "|---|---|---|---|---|---|"]
-    for n in SIZES:
-        pu = p["us"][str(n)] if p else None
-        tu = t["us"][str(n)] if t else None
+    for n in sizes(args):
+        pu = p["us"].get(str(n)) if p else None
+        tu = t["us"].get(str(n)) if t else None
         cell = lambda u: (f"{u:.1f}", f"{n / u / 1e3:.1f}") if u else ("n/a", "n/a")  # noqa
         size = f"{n >> 20} MiB" if n >= (1 << 20) else f"{n >> 10} KiB"
         ratio = f"{pu / tu:.2f}" if pu and tu else "n/a"

@@ -11,8 +11,9 @@
 # nccl: the multi-process NCCL path with two ranks sharing this GPU (tests/gpu_share.py:
 # one NCCL host id per rank, NCCL's socket transport on loopback): the smoke test, the
 # `nccl_ranks` tests (every schedule's numerics over NCCL, the ported cases, a failing, a
-# killed and a silent rank), and bench/pipeline_mp.py on the small config next to torch (its
-# correctness column; the times mean nothing with a shared GPU).
+# killed and a silent rank), and bench/pipeline_mp.py on the small config and bench/p2p.py
+# next to torch (the scripts and pipec's correctness column; the times mean nothing with a
+# shared GPU).
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -53,6 +54,7 @@ if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
     step pipeline_mp pipeline_mp.log timeout 90 "$PY" bench/pipeline_mp.py --configs small \
         --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
+    step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
 if [ $built = 1 ] && [ "$WHAT" = all ]; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
