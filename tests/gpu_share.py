@@ -4,7 +4,7 @@ NCCL refuses two ranks of one host on one GPU ("Duplicate GPU detected"). A rank
 `share_gpus_for_nccl(rank, world)` before `init_process_group("nccl")` on a machine with
 fewer GPUs than ranks claims a host id of its own (NCCL_HOSTID), so NCCL sees one host per
 rank and joins them through its socket transport on the loopback interface. Everything
-pipec does is its real multi-process NCCL path (communicators, send/recv grouped per step,
+pipec does is its real multi-process NCCL path (communicators, send/recv on the comm stream,
 collectives, the watchdog and the abort); only the wire differs from two GPUs over NVLink,
 and the speed means nothing (the ranks time-slice one GPU and their data goes through
 host sockets). With one GPU per rank it does nothing.
