@@ -900,6 +900,19 @@ def test_schedule_numerics_nccl(schedule, frontend):
 
 @pytest.mark.nccl_ranks
 @pytest.mark.parametrize("case,args", [
+    *[("case_numerics", (sched, 8, "tracer", "mse_sum")) for sched in SCHEDULES],
+    ("case_zoo", ("TiedChain", "1F1B", 4)), ("case_zoo", ("TiedWeights", "LoopedBFS", 4))],
+    ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v)))
+def test_four_ranks_nccl(case, args):
+    """Four NCCL ranks (on fewer GPUs they share them): every schedule with each rank talking
+    to two neighbours, the V schedules' four-rank placement, and tied-weight sums spanning
+    three ranks and the pipeline's two ends."""
+    res, _ = _launch(4, case, *args, backend="nccl", timeout=180)
+    _assert_ok(res, 4)
+
+
+@pytest.mark.nccl_ranks
+@pytest.mark.parametrize("case,args", [
     ("case_kwargs", ("1F1B", 4)), ("case_custom_dw", ("ZBVZeroBubble", 4)),
     ("case_eval", ("Interleaved1F1B", 4)), ("case_multi_iter", ("1F1B", 4, 20)),
     ("case_custom_schedule", ("Unbalanced", 2)),

@@ -49,12 +49,12 @@ fi
 if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     step smoke smoke.log timeout 120 "$PY" -m pipec.run --nproc-per-node 2 tools/nccl_smoke.py --quick
-    step nccl_tests nccl_tests.log timeout 300 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
+    step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py
-    step pipeline_mp pipeline_mp.log timeout 90 "$PY" bench/pipeline_mp.py --configs small \
+    step pipeline_mp pipeline_mp.log timeout 60 "$PY" bench/pipeline_mp.py --configs small \
         --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
-    step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+    step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
 if [ $built = 1 ] && [ "$WHAT" = all ]; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
