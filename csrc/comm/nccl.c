@@ -55,7 +55,6 @@
 typedef struct NcclComm {
     PcComm base;
     ncclComm_t comm;
-    int device;
     void *stream;     /* the context's comm stream 0 (borrowed) */
     atomic_int aborted; /* set once, under abort_mu, by whoever aborts first; c->comm is
                            gone from then on */
@@ -198,8 +197,8 @@ static PcStatus nc_sync(NcclComm *c, void *stream, const char *what) {
 
 static PcStatus check_tensor(NcclComm *c, const PcTensor *t, const char *op) {
     if (atomic_load(&c->aborted)) return aborted_error(c, op);
-    if (t->device.type != PC_CUDA || t->device.index != c->device)
-        return pc_set_error(PC_ERR_DEVICE, "nccl %s: tensor is not on cuda:%d", op, c->device);
+    if (t->device.type != PC_CUDA || t->device.index != c->base.device)
+        return pc_set_error(PC_ERR_DEVICE, "nccl %s: tensor is not on cuda:%d", op, c->base.device);
     if (!pc_tensor_is_contiguous(t))
         return pc_set_error(PC_ERR_INVALID, "nccl %s: tensor must be contiguous", op);
     return PC_OK;
@@ -293,7 +292,7 @@ static double wd_scan(NcclComm *c, double *started) {
 
 static void *wd_main(void *arg) {
     NcclComm *c = arg;
-    if (cudaSetDevice(c->device) != cudaSuccess) {
+    if (cudaSetDevice(c->base.device) != cudaSuccess) {
         (void)cudaGetLastError();
         atomic_store(&c->wd_blind, true); /* no watchdog after all: nc_sync times itself */
         return NULL;
@@ -353,9 +352,9 @@ static void wd_stop(NcclComm *c) {
 static PcStatus wd_start(NcclComm *c) {
     PcStatus st = PC_OK;
     for (int i = 0; st == PC_OK && i < WD_RING; i++) {
-        st = pc_cuda_event_create(c->device, false, false, false, &c->wd_ring[i].start);
+        st = pc_cuda_event_create(c->base.device, false, false, false, &c->wd_ring[i].start);
         if (st == PC_OK)
-            st = pc_cuda_event_create(c->device, false, false, false, &c->wd_ring[i].end);
+            st = pc_cuda_event_create(c->base.device, false, false, false, &c->wd_ring[i].end);
     }
     if (st == PC_OK && pthread_create(&c->wd, NULL, wd_main, c) != 0)
         st = pc_set_error(PC_ERR_COMM, "nccl: could not start the watchdog thread");
@@ -376,9 +375,9 @@ static PcStatus nc_prepare(NcclComm *c, const PcTensor *t, const char *what,
                            ncclDataType_t *dt, void **cur) {
     PC_TRY(check_tensor(c, t, what));
     PC_TRY(nccl_dtype(t->dtype, dt));
-    PC_TRY(pc_cuda_current_stream(c->device, cur));
-    PC_TRY(pc_cuda_stream_wait_stream(c->device, c->stream, *cur));
-    if (t->storage->data && pc_cuda_record_stream(c->device, t->storage->data, c->stream) != PC_OK)
+    PC_TRY(pc_cuda_current_stream(c->base.device, cur));
+    PC_TRY(pc_cuda_stream_wait_stream(c->base.device, c->stream, *cur));
+    if (t->storage->data && pc_cuda_record_stream(c->base.device, t->storage->data, c->stream) != PC_OK)
         pc_clear_error();
     return PC_OK;
 }
@@ -410,7 +409,7 @@ static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
                               (cudaStream_t)c->stream);
     wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) return nccl_fail(r, "ncclRecv", __FILE__, __LINE__);
-    return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
+    return pc_cuda_stream_wait_stream(c->base.device, cur, c->stream);
 }
 
 /* Split receive: the transfer is enqueued on the comm stream at post time (NCCL matches
@@ -441,7 +440,7 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     if (!r) return pc_set_error(PC_ERR_OOM, "recv: out of host memory posting a receive");
     pc_tensor_incref(t);
     r->t = t;
-    PcStatus st = pc_cuda_event_create(c->device, false, false, false, &r->event);
+    PcStatus st = pc_cuda_event_create(c->base.device, false, false, false, &r->event);
     long long slot;
     if (st == PC_OK && (st = wd_begin(c, "recv", &slot)) == PC_OK) {
         ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
@@ -467,7 +466,7 @@ static PcStatus nc_recv_wait(PcComm *cm, void *req) {
     NcclComm *c = NC(cm);
     NcclRecvReq *r = req;
     void *cur;
-    PcStatus st = pc_cuda_current_stream(c->device, &cur);
+    PcStatus st = pc_cuda_current_stream(c->base.device, &cur);
     if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, r->event);
     nc_recv_drop(cm, r);
     return st;
@@ -477,7 +476,7 @@ static PcStatus nc_recv_wait(PcComm *cm, void *req) {
 static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *buf, size_t n) {
     (void)tag;
     NcclComm *c = NC(cm);
-    PC_CUDART_TRY(cudaSetDevice(c->device));
+    PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
     size_t total = 8 + n;
     PC_CUDART_TRY(cudaMalloc(&d, total));
@@ -519,7 +518,7 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
     NcclComm *c = NC(cm);
     *buf = NULL;
     *n = 0;
-    PC_CUDART_TRY(cudaSetDevice(c->device));
+    PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 8));
     uint64_t n64 = 0;
@@ -580,13 +579,13 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
                                    (cudaStream_t)c->stream);
     wd_end(c, slot, r == ncclSuccess);
     if (r != ncclSuccess) return nccl_fail(r, "ncclAllReduce", __FILE__, __LINE__);
-    return pc_cuda_stream_wait_stream(c->device, cur, c->stream);
+    return pc_cuda_stream_wait_stream(c->base.device, cur, c->stream);
 }
 
 static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     NcclComm *c = NC(cm);
     if (n == 0) return PC_OK;
-    PC_CUDART_TRY(cudaSetDevice(c->device));
+    PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, n));
     PcStatus st = PC_OK;
@@ -708,7 +707,6 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
     c->base.rank = rank;
     c->base.world = world;
     c->base.timeout_s = timeout_s;
-    c->device = device;
     c->base.device = device;
     pthread_mutex_init(&c->wd_mu, NULL);
     pthread_mutex_init(&c->io_mu, NULL);
