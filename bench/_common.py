@@ -43,7 +43,8 @@ def launch(side, nproc, worker, master_port):
     out = []
     for line in proc.stdout:
         sys.stdout.write(line)
-        body = line.split("]: ", 1)[1] if line.startswith("[rank") else line
+        # pipec.run prefixes "[rankN]: "; torch's own warnings start "[rank0]:[W..." too
+        body = line.split("]: ", 1)[1] if line.startswith("[rank") and "]: " in line else line
         if body.startswith("RESULT "):
             out.append(json.loads(body[len("RESULT "):]))
     proc.wait()

@@ -213,7 +213,12 @@ def main():
     ap.add_argument("--devices", default="cuda:0,cuda:1",
                     help="one device per rank; cuda:0,cuda:0 measures schedule overhead on "
                          "one GPU")
+    ap.add_argument("--wgrad-batch-rows", type=int, default=None,
+                    help="pipec.pipelining.set_weight_grad_batching(N) (0: off; default: "
+                         "pipec's default)")
     args = ap.parse_args()
+    if args.wgrad_batch_rows is not None:
+        pipec.pipelining.set_weight_grad_batching(args.wgrad_batch_rows)
     devices = args.devices.split(",")
     n = pipec.cuda.device_count()
     if n <= max(int(d.split(":")[1]) for d in devices):
@@ -236,6 +241,8 @@ def main():
                  "torch pipelining column: shared/bench/torch_baseline_2xH200.md (torchrun, 2 "
                  "processes, H200). Correctness: max relative error of first-step losses and "
                  "gradients against an unpipelined pipec run."]
+    rows = pipec.pipelining.get_weight_grad_batching()
+    lines += ["", f"Weight-gradient batching: {rows} rows" + (" (off)." if rows == 0 else ".")]
     for name in args.configs.split(","):
         run_config(name, CONFIGS[name], args.schedules.split(","), args.steps, devices,
                    baseline, lines)

@@ -2,7 +2,7 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl]      (default: all)
+#     bash tools/gpu_check.sh [all|nccl|wgrad]      (default: all)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
 # PIPEC_TEST_PEER_COPY=1 (the cross-GPU hand-off between ranks on this one GPU),
@@ -14,6 +14,7 @@
 # killed and a silent rank), and bench/pipeline_mp.py on the small config and bench/p2p.py
 # next to torch (the scripts and pipec's correctness column; the times mean nothing with a
 # shared GPU).
+# wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on.
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -55,6 +56,16 @@ if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
         --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
     step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+fi
+if [ $built = 1 ] && [ "$WHAT" = wgrad ]; then
+    # weight-gradient batching: its numerics on the GPU, then the pipelines with it off and on
+    step wgrad_tests wgrad_tests.log "$PY" -m pytest -q -m cuda tests/test_wgrad_batch.py \
+        tests/test_schedules.py -k "wgrad or 1F1B or ZBV" -rs
+    for rows in 0 1024; do
+        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 150 "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16,large_mb32 --schedules 1F1B --steps 3 \
+            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_rows$rows.md"
+    done
 fi
 if [ $built = 1 ] && [ "$WHAT" = all ]; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs

@@ -124,6 +124,11 @@ PcStatus pc_autograd_grad(int n_roots, PcTensor *const *roots, PcTensor *const *
  * separate addition) and return NULL for that edge. NULL otherwise. Borrowed. The caller
  * bumps .grad's version after writing it. */
 PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge);
+/* Inside a node's apply: the leaf that edge `edge` of `self` feeds straight (its
+ * AccumulateGrad), when this pass accumulates into it (full backward or phase W) and the
+ * leaf still requires grad and has either no .grad or one pc_autograd_fusable_grad would
+ * hand out. Borrowed. For pc_wgrad_defer, which adds the gradient to .grad later. */
+PcTensor *pc_autograd_fusable_leaf(const PcNode *self, int edge);
 /* A node added a gradient into .grad itself (counted for tests and profiling). */
 void pc_autograd_note_fused(void);
 /* How many gradients were added into .grad that way in this process. */

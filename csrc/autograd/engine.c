@@ -26,7 +26,7 @@
  *
  * Exports: pc_autograd_backward, pc_autograd_grad, pc_autograd_backward_input,
  * pc_weight_work_run, pc_weight_work_size, pc_weight_work_free, pc_autograd_fusable_grad,
- * pc_autograd_note_fused, pc_autograd_fused_count.
+ * pc_autograd_fusable_leaf, pc_autograd_note_fused, pc_autograd_fused_count.
  */
 #include "autograd.h"
 
@@ -517,7 +517,9 @@ void pc_autograd_note_fused(void) { atomic_fetch_add(&g_fused, 1); }
 
 long long pc_autograd_fused_count(void) { return atomic_load(&g_fused); }
 
-PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge) {
+/* The leaf behind edge `edge` of the running node `self` when this pass accumulates into it
+ * (see pc_autograd_fusable_grad), else NULL. */
+static PcTensor *accumulating_leaf(const PcNode *self, int edge) {
     const Pass *p = tl_pass;
     if (!p || tl_node < 0 || (p->mode != MODE_BACKWARD && p->mode != MODE_WEIGHT)) return NULL;
     const NodeInfo *in = &p->info[tl_node];
@@ -527,6 +529,18 @@ PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge) {
     const PcNode *cn = p->info[c].node;
     PcTensor *leaf = cn->leaf;
     if (!leaf || !leaf->requires_grad || !p->info[c].useful) return NULL;
+    return leaf;
+}
+
+PcTensor *pc_autograd_fusable_leaf(const PcNode *self, int edge) {
+    PcTensor *leaf = accumulating_leaf(self, edge);
+    if (!leaf || (leaf->grad && !pc_autograd_fusable_grad(self, edge))) return NULL;
+    return leaf;
+}
+
+PcTensor *pc_autograd_fusable_grad(const PcNode *self, int edge) {
+    PcTensor *leaf = accumulating_leaf(self, edge);
+    if (!leaf) return NULL;
     PcTensor *g = leaf->grad;
     /* nothing else may see the buffer: not a saved tensor or an operand of this pass (the
      * GEMM would read what it writes, or a later node find its saved value changed), not a

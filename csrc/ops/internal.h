@@ -51,4 +51,8 @@ void pc_meta_of(const PcTensor *t, PcTensorMeta *m);
 PcStatus pc_attach_node(size_t size, const PcNodeVTable *vt, int n_in, PcTensor *const *in,
                         PcTensor *out, PcNode **node);
 
+/* c (m, n), contiguous, = alpha * a @ b + beta * c for 2-D a (m, k), b (k, n) of c's dtype
+ * (any strides: copied when the GEMM cannot read them). Implemented in matmul.c. */
+PcStatus pc_gemm_into(PcTensor *a, PcTensor *b, double alpha, double beta, PcTensor *c);
+
 #endif /* PC_OPS_INTERNAL_H */

@@ -18,6 +18,7 @@
  * Exports: pc_op_mm, pc_op_matmul, pc_op_addmm, pc_op_linear (ops.h).
  */
 #include "internal.h"
+#include "wgrad_batch.h"
 
 #include <string.h>
 
@@ -155,14 +156,22 @@ fail:
     return st;
 }
 
+PcStatus pc_gemm_into(PcTensor *a, PcTensor *b, double alpha, double beta, PcTensor *c) {
+    return pc_gemm2d(a, b, alpha, beta, NULL, c);
+}
+
 static PcStatus pc_mm_new(PcTensor *a, PcTensor *b, double alpha, PcTensor **out);
 
-/* The gradient alpha * l @ r (2-D) of the input behind `self`'s edge `edge`: added straight
- * into that leaf's .grad when the backward pass allows it (pc_autograd_fusable_grad; *out
- * stays NULL), else a fresh tensor in *out. */
+/* The gradient alpha * l @ r (2-D) of the input behind `self`'s edge `edge`: deferred to a
+ * batch of microbatches (pc_wgrad_defer) or added straight into that leaf's .grad when the
+ * backward pass allows it (pc_autograd_fusable_grad); *out stays NULL then. Else a fresh
+ * tensor in *out. */
 static PcStatus pc_grad_mm(PcNode *self, int edge, PcTensor *l, PcTensor *r, double alpha,
                            PcTensor **out) {
     *out = NULL;
+    bool deferred;
+    PC_TRY(pc_wgrad_defer(self, edge, l, r, alpha, &deferred));
+    if (deferred) return PC_OK;
     PcTensor *acc = pc_autograd_fusable_grad(self, edge);
     if (acc && acc->dtype == l->dtype && pc_device_eq(acc->device, l->device) &&
         acc->ndim == 2 && acc->shape[0] == l->shape[0] && acc->shape[1] == r->shape[1]) {

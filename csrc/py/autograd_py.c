@@ -11,6 +11,7 @@
 #include "bindings.h"
 
 #include "../ops/ops.h"
+#include "../ops/wgrad_batch.h"
 
 #define T(o) (((PcPyTensor *)(o))->t)
 
@@ -561,7 +562,29 @@ static PyObject *f_fused_grad_count(PyObject *m, PyObject *unused) {
     return PyLong_FromLongLong(pc_autograd_fused_count());
 }
 
+static PyObject *f_wgrad_batch_rows(PyObject *m, PyObject *args) {
+    (void)m;
+    long long rows = -1;
+    if (!PyArg_ParseTuple(args, "|L", &rows)) return NULL;
+    long long before = pc_wgrad_batch_rows();
+    if (rows >= 0) pc_wgrad_batch_set_rows(rows);
+    return PyLong_FromLongLong(before);
+}
+
+static PyObject *f_wgrad_batched_count(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    return PyLong_FromLongLong(pc_wgrad_batched_count());
+}
+
 PyMethodDef pc_py_autograd_functions[] = {
+    {"_wgrad_batch_rows", (PyCFunction)f_wgrad_batch_rows, METH_VARARGS,
+     "_wgrad_batch_rows([rows]) -> the setting before: the rows a parameter's deferred "
+     "weight-gradient products reach before they run as one GEMM (0: off); sets it when "
+     "given."},
+    {"_wgrad_batched_count", (PyCFunction)f_wgrad_batched_count, METH_NOARGS,
+     "Weight-gradient products that ran in a batch of two or more since the process "
+     "started."},
     {"_fused_grad_count", (PyCFunction)f_fused_grad_count, METH_NOARGS,
      "Gradients added straight into .grad by their node (e.g. linear's dW GEMM with beta=1) "
      "since the process started."},

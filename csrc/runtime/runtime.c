@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "../autograd/autograd.h"
+#include "../ops/wgrad_batch.h"
 #ifdef PC_WITH_CUDA
 #include "../kernels/cuda/cuda_api.h"
 #endif
@@ -1326,12 +1327,25 @@ static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
     memset(g, 0, sizeof *g);
 }
 
+/* A user function for an action: it may read .grad, so deferred weight gradients are added
+ * first and none is deferred while it runs. */
+static PcStatus custom_call(PcRuntime *rt, PcWgradBatch *wb, int rank, const char *txt) {
+    PC_TRY(pc_wgrad_batch_suspend(wb));
+    PcStatus st = rt->cb.custom(rt->cb.ctx, rank, txt);
+    pc_wgrad_batch_resume(wb);
+    return st;
+}
+
 PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions) {
     PcStatus status = PC_OK;
     PC_CHECK(!rt->comm || rank == rt->my_rank, PC_ERR_INVALID,
              "runtime: this process runs rank %d, not %d", rt->my_rank, rank);
     GpuTimer gt;
     gpu_timer_start(rt, rank, &gt);
+    /* weight gradients of this rank's microbatches are added into .grad in batches
+     * (csrc/ops/wgrad_batch.h), all of them before the step ends */
+    PcWgradBatch *wb = NULL;
+    if (rt->training) status = pc_wgrad_batch_open(&wb);
     for (int i = 0; i < actions->len && status == PC_OK; i++) {
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;
@@ -1348,7 +1362,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         if (rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
             char txt[PC_ACTION_TEXT_MAX];
             pc_action_format(a, txt, sizeof txt);
-            status = rt->cb.custom(rt->cb.ctx, rank, txt);
+            status = custom_call(rt, wb, rank, txt);
             n = 0; /* the user function replaced the built-in handler */
         }
         for (int j = 0; j < n && status == PC_OK; j++) {
@@ -1364,7 +1378,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                 PcAction leaf = pc_action_from_sub(leaves[j]);
                 char txt[PC_ACTION_TEXT_MAX];
                 pc_action_format(&leaf, txt, sizeof txt);
-                status = rt->cb.custom(rt->cb.ctx, rank, txt);
+                status = custom_call(rt, wb, rank, txt);
             } else {
                 status = run_leaf(rt, leaves[j].type, leaves[j].stage, leaves[j].mb);
             }
@@ -1383,6 +1397,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                              msg);
         }
     }
+    if (status == PC_OK) status = pc_wgrad_batch_flush(wb);
+    pc_wgrad_batch_close(wb);
     /* multi-process: the step ends when this rank's transfers have (the buffers they read
      * stay valid until then, and a dead peer is found here, within the deadline) */
     if (status == PC_OK && rt->comm && rt->comm->ops->wait_idle)

@@ -24,6 +24,8 @@ from ._runtime import *  # noqa: F401,F403,E402
 from ._runtime import __all__ as _rt_all  # noqa: E402
 from . import microbatch  # noqa: F401,E402
 from ._dist import PipeliningShapeError  # noqa: F401,E402
+from ._wgrad import get_weight_grad_batching, set_weight_grad_batching  # noqa: F401,E402
 
 __all__ = (["pipe_split", "SplitPoint", "pipeline", "Pipe", "PipeInfo", "PipelineStage",
-            "build_stage", "microbatch", "PipeliningShapeError"] + list(_sched_all) + list(_rt_all))
+            "build_stage", "microbatch", "PipeliningShapeError", "get_weight_grad_batching",
+            "set_weight_grad_batching"] + list(_sched_all) + list(_rt_all))

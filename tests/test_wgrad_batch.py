@@ -1,0 +1,129 @@
+"""Weight-gradient batching across microbatches (pipec.pipelining.set_weight_grad_batching).
+
+Inside a pipeline step, a Linear's weight-gradient products of several microbatches run as
+one GEMM over their stacked rows (csrc/ops/wgrad_batch.c). Checked for every schedule, on
+CPU and (marked cuda) on one GPU: with batching off, with batches that close mid-step
+(max_rows = two microbatches) and with one batch per step, the gradients over two steps
+without zero_grad equal the unpipelined reference (the tolerance of test_schedules.py), the
+products really ran batched (a process-wide counter) or really did not (batching off), and
+outside a pipeline step (plain backward) nothing is deferred. Also the setting's contract.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import pipec
+from pipec import _C, nn
+from pipec.pipelining import (LocalPipeline, SplitPoint, get_weight_grad_batching, pipeline,
+                              set_weight_grad_batching)
+
+from model_registry import MultiMLP
+
+D = 16
+BATCH = 16
+N_MB = 8
+SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
+             "ZBVZeroBubble", "DualPipeV"]
+MULTI = set(SCHEDULES) - {"GPipe", "1F1B"}
+
+
+@pytest.fixture
+def rows_setting():
+    before = get_weight_grad_batching()
+    yield
+    set_weight_grad_batching(before)
+
+
+def _device(kind):
+    if kind == "cuda" and not pipec.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return "cpu" if kind == "cpu" else "cuda:0"
+
+
+def _reference(base, xs, ys, loss_fn):
+    """Per-microbatch backward of the unpipelined model over the steps: summed gradients."""
+    ref = copy.deepcopy(base)
+    for x, y in zip(xs, ys):
+        for m in range(N_MB):
+            sl = slice(m * BATCH // N_MB, (m + 1) * BATCH // N_MB)
+            loss_fn(ref(x[sl]), y[sl]).backward()
+    return {k: p.grad.float().cpu().numpy().astype(np.float64)
+            for k, p in ref.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("rows", [0, 4, 1024])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_batched_weight_grads_match_reference(schedule, rows, kind, rows_setting):
+    dev = _device(kind)
+    pipec.manual_seed(1)
+    base = MultiMLP(D, n_layers=4).to(dev)
+    xs = [pipec.randn(BATCH, D).to(dev) for _ in range(2)]
+    ys = [pipec.randn(BATCH, D).to(dev) for _ in range(2)]
+    loss_fn = nn.MSELoss(reduction="sum")
+    expected = _reference(base, xs, ys, loss_fn)
+
+    set_weight_grad_batching(rows)
+    model = copy.deepcopy(base)
+    per = 1 if schedule in MULTI else 2  # layers per stage: 4 stages or 2
+    pipe = pipeline(model, (xs[0][:BATCH // N_MB],),
+                    split_spec={f"layers.{i}": SplitPoint.BEGINNING for i in range(per, 4, per)})
+    lp = LocalPipeline(pipe, schedule, N_MB, [dev, dev], loss_fn=loss_fn, scale_grads=False)
+    before = _C._wgrad_batched_count()
+    for x, y in zip(xs, ys):  # no zero_grad: the second step adds to the first
+        lp.step(x, target=y)
+    batched = _C._wgrad_batched_count() - before
+    if rows == 0:
+        assert batched == 0
+    else:
+        # every Linear weight (8) of every microbatch (8) of both steps ran in a batch
+        assert batched == 8 * N_MB * 2
+    for k, p in model.named_parameters():
+        got = p.grad.float().cpu().numpy().astype(np.float64)
+        scale = float(np.abs(expected[k]).max())
+        np.testing.assert_allclose(got, expected[k], rtol=1e-5, atol=4e-5 * min(1.0, scale),
+                                   err_msg=f"{schedule} rows={rows}: {k}")
+
+
+def test_plain_backward_is_not_deferred(rows_setting):
+    """Outside a pipeline step there is no batching window: .grad is complete after each
+    backward, and nothing counts as batched."""
+    set_weight_grad_batching(1024)
+    lin = nn.Linear(4, 3)
+    x = pipec.randn(2, 4)
+    before = _C._wgrad_batched_count()
+    lin(x).sum().backward()
+    g1 = lin.weight.grad.numpy().copy()
+    lin(x).sum().backward()
+    np.testing.assert_allclose(lin.weight.grad.numpy(), 2 * g1, rtol=1e-6)
+    assert _C._wgrad_batched_count() == before
+
+
+def test_setting_contract(rows_setting):
+    prev = set_weight_grad_batching(7)
+    assert isinstance(prev, int)
+    assert get_weight_grad_batching() == 7
+    assert set_weight_grad_batching(0) == 7
+    assert get_weight_grad_batching() == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        set_weight_grad_batching(-1)
+    with pytest.raises(TypeError, match="int"):
+        set_weight_grad_batching(2.5)
+    with pytest.raises(TypeError, match="int"):
+        set_weight_grad_batching(True)
+    assert get_weight_grad_batching() == 0
+
+
+def test_default_comes_from_the_environment():
+    import subprocess
+    import sys
+    code = ("import pipec.pipelining as p; print(p.get_weight_grad_batching())")
+    for env_value, want in (("256", "256"), ("0", "0"), (None, "1024"), ("junk", "1024")):
+        env = dict(__import__("os").environ)
+        env.pop("PIPEC_WGRAD_BATCH_ROWS", None)
+        if env_value is not None:
+            env["PIPEC_WGRAD_BATCH_ROWS"] = env_value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == want, (env_value, out)
