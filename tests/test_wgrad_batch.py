@@ -119,7 +119,7 @@ def test_default_comes_from_the_environment():
     import subprocess
     import sys
     code = ("import pipec.pipelining as p; print(p.get_weight_grad_batching())")
-    for env_value, want in (("256", "256"), ("0", "0"), (None, "1024"), ("junk", "1024")):
+    for env_value, want in (("256", "256"), ("0", "0"), (None, "0"), ("junk", "0")):
         env = dict(__import__("os").environ)
         env.pop("PIPEC_WGRAD_BATCH_ROWS", None)
         if env_value is not None:
@@ -127,3 +127,52 @@ def test_default_comes_from_the_environment():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.strip()
         assert out == want, (env_value, out)
+
+
+
+def test_custom_functions_see_complete_grads(rows_setting):
+    """A schedule's custom action function may read .grad: the deferred products run before
+    it is called. Here a custom F handler (Interleaved1F1B, 4 stages on 2 ranks) checks,
+    before running the built-in F, that its stage's weight gradients hold exactly the
+    microbatches whose built-in B came earlier in the rank's order; those B's deferred their
+    products, so without the flush before the callback they would still be missing."""
+    from pipec.pipelining import PipelineStage, ScheduleInterleaved1F1B
+    set_weight_grad_batching(1024)
+    n_stages, n_mb, batch = 4, 4, 8
+    pipec.manual_seed(5)
+    model = MultiMLP(D, n_layers=n_stages)
+    ref = copy.deepcopy(model)
+    x, y = pipec.randn(batch, D), pipec.randn(batch, D)
+    loss_fn = nn.MSELoss(reduction="sum")
+    per_mb = []  # per microbatch: {name: its own gradient}
+    for xm, ym in zip(pipec.tensor_split(x, n_mb), pipec.tensor_split(y, n_mb)):
+        ref.zero_grad()
+        loss_fn(ref(xm), ym).backward()
+        per_mb.append({k: p.grad.numpy().astype(np.float64).copy()
+                       for k, p in ref.named_parameters()})
+    stages = [PipelineStage(model.layers[i], i, n_stages, "cpu") for i in range(n_stages)]
+    sched = ScheduleInterleaved1F1B(stages, n_mb, loss_fn=loss_fn, scale_grads=False)
+    seen_grads = []
+
+    def on_forward(action, ctx):
+        s = action.stage_index
+        order = [str(a) for a in sched.pipeline_order[ctx.rank] if a is not None]
+        earlier = order[:order.index(str(action))]
+        done = [int(a.split("B")[1]) for a in earlier if a.startswith(f"{s}B")]
+        for name, p in model.layers[s].named_parameters():
+            key = f"layers.{s}.{name}"
+            if not done:
+                assert p.grad is None, key
+                continue
+            want = sum(per_mb[k][key] for k in done)
+            np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{key} before {action}")
+            seen_grads.append(key)
+        ctx.run_builtin(action)
+
+    sched.register_custom_function("F", on_forward)
+    sched.step(x, target=y)
+    assert seen_grads, "no forward came after a backward of its stage: nothing was checked"
+    for k, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), sum(g[k] for g in per_mb), rtol=1e-5,
+                                   atol=1e-6, err_msg=k)

@@ -42,8 +42,8 @@ int64_t pc_wgrad_batch_rows(void) {
     if (v >= 0) return v;
     const char *e = getenv("PIPEC_WGRAD_BATCH_ROWS");
     char *end = NULL;
-    long long parsed = e && *e ? strtoll(e, &end, 10) : 1024;
-    if (e && *e && (*end != '\0' || parsed < 0)) parsed = 1024; /* unreadable: the default */
+    long long parsed = e && *e ? strtoll(e, &end, 10) : 0;
+    if (e && *e && (*end != '\0' || parsed < 0)) parsed = 0; /* unreadable: the default */
     long long expect = -1;
     atomic_compare_exchange_strong(&g_rows, &expect, parsed);
     return atomic_load(&g_rows);
@@ -73,7 +73,7 @@ static PcStatus concat_parts(LeafWork *w, PcTensor **L, PcTensor **R) {
     const PcTensor *l0 = w->parts[0].l, *r0 = w->parts[0].r;
     int64_t p = l0->shape[0], q = r0->shape[1];
     int64_t lshape[2] = {w->rows, p}, rshape[2] = {w->rows, q};
-    PcTensor *lt = NULL, *rb = NULL, *dst = NULL;
+    PcTensor *lt = NULL, *rb = NULL, *dst = NULL, *src = NULL;
     PcStatus st = PC_OK;
     const PcBackend *be = pc_be(l0);
     if (!be) return PC_ERR_DEVICE;
@@ -83,12 +83,18 @@ static PcStatus concat_parts(LeafWork *w, PcTensor **L, PcTensor **R) {
     for (int i = 0; i < w->n; i++) {
         Part *pt = &w->parts[i];
         int64_t m = pt->l->shape[1];
-        int64_t ls[2] = {p, m}, lstr[2] = {1, p};
+        /* l^T (m, p) into rows [off, off + m) of lt: both contiguous when l is the transposed
+         * view of a contiguous dY, so the copy is a plain memcpy */
+        int64_t ls[2] = {m, p}, lstr[2] = {p, 1};
+        int64_t tstr[2] = {pt->l->strides[1], pt->l->strides[0]};
         PC_TRY_GOTO(st, pc_tensor_view_of(lt->storage, lt->offset + off * p, 2, ls, lstr,
                                           lt->dtype, &dst));
-        PC_TRY_GOTO(st, be->copy(dst, pt->l));
+        PC_TRY_GOTO(st, pc_tensor_view_of(pt->l->storage, pt->l->offset, 2, ls, tstr,
+                                          pt->l->dtype, &src));
+        PC_TRY_GOTO(st, be->copy(dst, src));
         pc_tensor_decref(dst);
-        dst = NULL;
+        pc_tensor_decref(src);
+        dst = src = NULL;
         int64_t rs[2] = {m, q}, rstr[2] = {q, 1};
         PC_TRY_GOTO(st, pc_tensor_view_of(rb->storage, rb->offset + off * q, 2, rs, rstr,
                                           rb->dtype, &dst));
@@ -103,6 +109,7 @@ static PcStatus concat_parts(LeafWork *w, PcTensor **L, PcTensor **R) {
     rb = NULL;
 fail:
     pc_tensor_decref(dst);
+    pc_tensor_decref(src);
     pc_tensor_decref(lt);
     pc_tensor_decref(rb);
     return st;

@@ -28,7 +28,8 @@
 typedef struct PcWgradBatch PcWgradBatch;
 
 /* Process-wide setting read when a window opens: the rows a leaf's deferred products may
- * reach before they run (0: no batching). Default 1024, or PIPEC_WGRAD_BATCH_ROWS. */
+ * reach before they run (0: no batching). Default 0 (off until its speed on GPUs is
+ * measured), or PIPEC_WGRAD_BATCH_ROWS. */
 int64_t pc_wgrad_batch_rows(void);
 void pc_wgrad_batch_set_rows(int64_t rows);
 

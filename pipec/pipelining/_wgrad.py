@@ -13,7 +13,12 @@ What changes is the rounding of the sum, not the sum: one GEMM's reduction over 
 stacked rows, the way an unpipelined full batch sums, instead of a chain of additions.
 The cost is memory: a parameter of shape (p, q) keeps up to ``max_rows * (p + q)`` elements
 of activations and gradients alive until its batch runs (64 MiB for 8192 x 8192 float32 at
-the default 1024 rows, a quarter of its gradient).
+1024 rows, a quarter of its gradient).
+
+Off by default (``set_weight_grad_batching(1024)`` or ``PIPEC_WGRAD_BATCH_ROWS=1024`` turns
+it on): on CPU it measured 3-15% faster per step (LocalPipeline 1F1B, d=1024, 2 ranks), but
+its effect on GPU pipelines has not been measured yet. Zero-bubble schedules place their
+weight-gradient work in bubbles on purpose; batching moves part of it to the end of the step.
 """
 
 from .. import _C
@@ -23,7 +28,7 @@ __all__ = ["set_weight_grad_batching", "get_weight_grad_batching"]
 
 def get_weight_grad_batching():
     """The rows a parameter's deferred weight-gradient products reach before they run as one
-    GEMM; 0 when batching is off. Default 1024, or the ``PIPEC_WGRAD_BATCH_ROWS``
+    GEMM; 0 when batching is off. Default 0, or the ``PIPEC_WGRAD_BATCH_ROWS``
     environment variable."""
     return _C._wgrad_batch_rows()
 
