@@ -29,12 +29,14 @@ typedef struct LeafWork {
 struct PcWgradBatch {
     int64_t max_rows;
     bool suspended;
+    int n_excluded;
+    PcTensor *const *excluded; /* borrowed: leaves whose .grad the caller reads back now */
     int n, cap;
     LeafWork *leaves;
 };
 
 static _Thread_local PcWgradBatch *tl_batch = NULL;
-static atomic_llong g_batched;
+static atomic_llong g_batched, g_deferred;
 static atomic_llong g_rows = -1; /* -1: not read from the environment yet */
 
 int64_t pc_wgrad_batch_rows(void) {
@@ -52,6 +54,8 @@ int64_t pc_wgrad_batch_rows(void) {
 void pc_wgrad_batch_set_rows(int64_t rows) { atomic_store(&g_rows, rows < 0 ? 0 : rows); }
 
 long long pc_wgrad_batched_count(void) { return atomic_load(&g_batched); }
+
+long long pc_wgrad_deferred_count(void) { return atomic_load(&g_deferred); }
 
 static void part_clear(Part *p) {
     pc_tensor_decref(p->l);
@@ -75,7 +79,7 @@ static PcStatus concat_parts(LeafWork *w, PcTensor **L, PcTensor **R) {
     int64_t lshape[2] = {w->rows, p}, rshape[2] = {w->rows, q};
     PcTensor *lt = NULL, *rb = NULL, *dst = NULL, *src = NULL;
     PcStatus st = PC_OK;
-    const PcBackend *be = pc_be(l0);
+    const PcBackend *be = pc_be(l0); /* sets the error when there is none */
     if (!be) return PC_ERR_DEVICE;
     PC_TRY_GOTO(st, pc_tensor_empty(2, lshape, l0->dtype, l0->device, &lt));
     PC_TRY_GOTO(st, pc_tensor_empty(2, rshape, r0->dtype, r0->device, &rb));
@@ -192,6 +196,8 @@ PcStatus pc_wgrad_batch_open(PcWgradBatch **out) {
     return PC_OK;
 }
 
+PcWgradBatch *pc_wgrad_batch_current(void) { return tl_batch; }
+
 PcStatus pc_wgrad_batch_flush(PcWgradBatch *b) {
     if (!b) return PC_OK;
     for (int i = 0; i < b->n; i++) PC_TRY(run_leaf(&b->leaves[i]));
@@ -220,6 +226,18 @@ void pc_wgrad_batch_resume(PcWgradBatch *b) {
     if (b) b->suspended = false;
 }
 
+bool pc_wgrad_batch_pause(PcWgradBatch *b) {
+    if (!b || b->suspended) return false;
+    b->suspended = true;
+    return true;
+}
+
+void pc_wgrad_batch_exclude(PcWgradBatch *b, int n, PcTensor *const *leaves) {
+    if (!b) return;
+    b->n_excluded = leaves ? n : 0;
+    b->excluded = leaves;
+}
+
 static PcStatus grow(void **arr, int *cap, int need, size_t item) {
     if (need <= *cap) return PC_OK;
     int nc = *cap ? *cap * 2 : 8;
@@ -239,6 +257,8 @@ PcStatus pc_wgrad_defer(PcNode *self, int edge, PcTensor *l, PcTensor *r, double
         l->shape[1] >= b->max_rows)
         return PC_OK;
     PcTensor *leaf = pc_autograd_fusable_leaf(self, edge);
+    for (int i = 0; leaf && i < b->n_excluded; i++)
+        if (b->excluded[i] == leaf) leaf = NULL;
     if (!leaf || leaf->ndim != 2 || leaf->shape[0] != l->shape[0] ||
         leaf->shape[1] != r->shape[1] || leaf->dtype != l->dtype || r->dtype != l->dtype ||
         !pc_device_eq(leaf->device, l->device) || !pc_device_eq(r->device, l->device))
@@ -262,6 +282,7 @@ PcStatus pc_wgrad_defer(PcNode *self, int edge, PcTensor *l, PcTensor *r, double
     w->alpha = alpha;
     w->rows += l->shape[1];
     *deferred = true;
+    atomic_fetch_add(&g_deferred, 1);
     if (w->rows >= b->max_rows) PC_TRY(run_leaf(w));
     return PC_OK;
 }

@@ -36,15 +36,25 @@ void pc_wgrad_batch_set_rows(int64_t rows);
 /* Open a window on this thread. *out is NULL when batching is off or a window is already
  * open here (that one covers the caller). */
 PcStatus pc_wgrad_batch_open(PcWgradBatch **out);
+/* The window open on this thread, or NULL. */
+PcWgradBatch *pc_wgrad_batch_current(void);
 /* Run every deferred product (the window stays open). */
 PcStatus pc_wgrad_batch_flush(PcWgradBatch *b);
 /* Close the window: deferred products are dropped (flush first to keep them). NULL is a
  * no-op. */
 void pc_wgrad_batch_close(PcWgradBatch *b);
-/* Stop deferring on this thread until pc_wgrad_batch_resume (around user callbacks, which
- * may read .grad): flushes first. */
+/* Stop deferring on this thread until pc_wgrad_batch_resume (around user action functions,
+ * which may read .grad): flushes first. */
 PcStatus pc_wgrad_batch_suspend(PcWgradBatch *b);
 void pc_wgrad_batch_resume(PcWgradBatch *b);
+/* Stop deferring without flushing (around user code that runs for every microbatch, such
+ * as a loss function or a dW runner: what it adds to .grad goes in directly, and the
+ * pending products still join .grad later, so the sum is the same). Returns whether it
+ * paused (then pc_wgrad_batch_resume undoes it); false when already paused or b is NULL. */
+bool pc_wgrad_batch_pause(PcWgradBatch *b);
+/* Never defer into these leaves (borrowed; NULL clears): a backward whose caller reads
+ * their .grad right after it, such as a stage's inputs. */
+void pc_wgrad_batch_exclude(PcWgradBatch *b, int n, PcTensor *const *leaves);
 
 /* From a node's apply: defer alpha * l @ r (2-D, l (p, m), r (m, q)) for the leaf behind
  * `edge` when a window is open on this thread and that leaf accumulates here; *deferred
@@ -52,7 +62,9 @@ void pc_wgrad_batch_resume(PcWgradBatch *b);
 PcStatus pc_wgrad_defer(PcNode *self, int edge, PcTensor *l, PcTensor *r, double alpha,
                         bool *deferred);
 
-/* Products that ran as part of a batch of two or more, in this process (for tests). */
+/* Products that ran as part of a batch of two or more, and products deferred at all, in
+ * this process (for tests). */
 long long pc_wgrad_batched_count(void);
+long long pc_wgrad_deferred_count(void);
 
 #endif /* PC_OPS_WGRAD_BATCH_H */

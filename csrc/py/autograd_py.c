@@ -577,6 +577,12 @@ static PyObject *f_wgrad_batched_count(PyObject *m, PyObject *unused) {
     return PyLong_FromLongLong(pc_wgrad_batched_count());
 }
 
+static PyObject *f_wgrad_deferred_count(PyObject *m, PyObject *unused) {
+    (void)m;
+    (void)unused;
+    return PyLong_FromLongLong(pc_wgrad_deferred_count());
+}
+
 PyMethodDef pc_py_autograd_functions[] = {
     {"_wgrad_batch_rows", (PyCFunction)f_wgrad_batch_rows, METH_VARARGS,
      "_wgrad_batch_rows([rows]) -> the setting before: the rows a parameter's deferred "
@@ -585,6 +591,8 @@ PyMethodDef pc_py_autograd_functions[] = {
     {"_wgrad_batched_count", (PyCFunction)f_wgrad_batched_count, METH_NOARGS,
      "Weight-gradient products that ran in a batch of two or more since the process "
      "started."},
+    {"_wgrad_deferred_count", (PyCFunction)f_wgrad_deferred_count, METH_NOARGS,
+     "Weight-gradient products deferred to a batch since the process started."},
     {"_fused_grad_count", (PyCFunction)f_fused_grad_count, METH_NOARGS,
      "Gradients added straight into .grad by their node (e.g. linear's dW GEMM with beta=1) "
      "since the process started."},

@@ -1050,8 +1050,11 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
         bool was = pc_grad_enabled();
         pc_set_grad_enabled(rt->training);
         status = pc_program_run(st->d.prog, x->in, st->d.ext, x->out);
-        if (status == PC_OK && st->is_last && rt->cb.loss)
+        if (status == PC_OK && st->is_last && rt->cb.loss) {
+            bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current()); /* user code */
             status = rt->cb.loss(rt->cb.ctx, s, m, st->d.n_out, x->out, &x->loss);
+            if (paused) pc_wgrad_batch_resume(pc_wgrad_batch_current());
+        }
         pc_set_grad_enabled(was);
     }
     if (status != PC_OK) goto out;
@@ -1111,7 +1114,11 @@ static PcStatus do_backward_input(PcRuntime *rt, int s, int m, bool full) {
     if (n_roots > 0 && roots[0]->requires_grad) {
         if (has_dw || full) {
             /* full backward: weights accumulate now (a dW stage defers them itself) */
+            /* the inputs' gradients are read back below: never deferred */
+            PcWgradBatch *wb = pc_wgrad_batch_current();
+            pc_wgrad_batch_exclude(wb, n_grad_in, inputs);
             status = pc_autograd_backward(n_roots, roots, grads, false);
+            pc_wgrad_batch_exclude(wb, 0, NULL);
             for (int i = 0; status == PC_OK && i < n_grad_in; i++) {
                 res[i] = inputs[i]->grad;
                 inputs[i]->grad = NULL;
@@ -1138,7 +1145,9 @@ static PcStatus do_backward_weight(PcRuntime *rt, int s, int m) {
         return pc_set_error(PC_ERR_RUNTIME, "schedule error: W of stage %d microbatch %d before "
                                             "its I", s, m);
     if (rt->cb.has_dw && rt->cb.has_dw(rt->cb.ctx, s)) {
+        bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current()); /* user code */
         status = rt->cb.dw(rt->cb.ctx, s, m);
+        if (paused) pc_wgrad_batch_resume(pc_wgrad_batch_current());
     } else if (x->work) {
         status = pc_weight_work_run(x->work, false);
         pc_weight_work_free(x->work);

@@ -7,7 +7,10 @@ takes ~300 us, of which the products are ~170 us. pipec keeps those products' tw
 instead and runs a parameter's deferred products as one GEMM over their stacked rows, once
 they reach ``max_rows`` rows and at the end of the step, so ``.grad`` is complete whenever
 your code can see it (also inside a schedule's custom action functions, before which the
-deferred products run).
+deferred products run). A loss function or a ``dw_builders`` runner, which run for every
+microbatch, run with batching paused instead: what they add to ``.grad`` goes in at once,
+but a ``.grad`` they read may still lack products that are pending. A stage's input
+gradients are never deferred.
 
 What changes is the rounding of the sum, not the sum: one GEMM's reduction over the
 stacked rows, the way an unpipelined full batch sums, instead of a chain of additions.
