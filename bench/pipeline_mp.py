@@ -316,7 +316,9 @@ def table(pipec_res, torch_res, args):
     lines += [
              "Step time in ms (median over timed steps; min-max), peak allocated MiB per "
              "rank, pipec/torch ratio of medians, and pipec's correctness: max relative "
-             "error of its first step's gradients and losses against an unpipelined run."]
+             "error of its first step's gradients and losses against an unpipelined run.",
+             "", "pipec's weight-gradient batching (PIPEC_WGRAD_BATCH_ROWS, inherited by the "
+             f"ranks): {os.environ.get('PIPEC_WGRAD_BATCH_ROWS') or '0 (off, the default)'}."]
     for name in args.configs.split(","):
         c = CONFIGS[name]
         lines += ["", f"### {name}: d_hid={c['d_hid']}, batch={c['batch']}, "

@@ -38,8 +38,9 @@ SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBu
 
 # ---- test side ----
 
-def _env(backend="tcp"):
+def _env(backend="tcp", extra=None):
     env = dict(os.environ)
+    env.update(extra or {})
     env["PIPEC_TEST_BACKEND"] = backend
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
@@ -48,12 +49,12 @@ def _env(backend="tcp"):
     return env
 
 
-def _launch(nproc, case, *args, timeout=120, backend="tcp"):
+def _launch(nproc, case, *args, timeout=120, backend="tcp", env=None):
     cmd = [sys.executable, "-m", "pipec.run", "--nproc-per-node", str(nproc), "--stop-timeout",
            "2", HERE, case, *map(str, args)]
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                         env=_env(backend))
+                         env=_env(backend, env))
     return res, time.monotonic() - t0
 
 
@@ -191,6 +192,9 @@ def case_numerics(schedule, n, frontend, loss_name, steps="2"):
                     ("F", "B", "I", "W", "OVERLAP_F_B"))
     assert len(events) == n_compute and all(e[0] == rank and e[3] >= e[2] for e in events), \
         (len(events), n_compute, events[:3])
+    if int(os.environ.get("PIPEC_WGRAD_BATCH_ROWS") or 0) > 0:  # the weight-gradient batching
+        from pipec import _C  # tests: the products really were deferred on this rank
+        assert _C._wgrad_deferred_count() > 0, "weight-gradient batching deferred nothing"
     print(f"OK {schedule} rank {rank} stages {mine}", flush=True)
 
 
@@ -552,6 +556,17 @@ def test_schedule_numerics_multiprocess(schedule, world, n, frontend, loss):
     res, _ = _launch(world, "case_numerics", schedule, n, frontend, loss)
     _assert_ok(res, world)
 
+
+
+@pytest.mark.parametrize("backend", ["tcp", pytest.param("nccl", marks=pytest.mark.nccl_ranks)])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedule_numerics_with_wgrad_batching(schedule, backend):
+    """Weight-gradient batching (tests/test_wgrad_batch.py) in every rank of a multi-process
+    job, batches closing mid-step (4 rows: every two microbatches of 2 rows): the same
+    numerics, and each rank asserts that products were deferred."""
+    res, _ = _launch(2, "case_numerics", schedule, 8, "tracer", "mse_sum", backend=backend,
+                     env={"PIPEC_WGRAD_BATCH_ROWS": "4"})
+    _assert_ok(res, 2)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -59,8 +59,10 @@ if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
 fi
 if [ $built = 1 ] && [ "$WHAT" = wgrad ]; then
     # weight-gradient batching: its numerics on the GPU, then the pipelines with it off and on
-    step wgrad_tests wgrad_tests.log "$PY" -m pytest -q -m cuda tests/test_wgrad_batch.py \
-        tests/test_schedules.py -k "wgrad or 1F1B or ZBV" -rs
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step wgrad_tests wgrad_tests.log timeout 240 env PIPEC_WGRAD_BATCH_ROWS=1024 "$PY" -m pytest \
+        -q -m "cuda or nccl_ranks" tests/test_wgrad_batch.py tests/test_schedules.py \
+        tests/test_schedule_multiproc.py -k "wgrad or (test_schedules and (1F1B or ZBV))" -rs
     for rows in 0 1024; do
         step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 150 "$PY" bench/pipeline.py \
             --devices cuda:0,cuda:0 --configs large_bf16,large_mb32 --schedules 1F1B --steps 3 \

@@ -4,8 +4,10 @@
 # the multi-process benchmarks next to torch (bench/pipeline_mp.py, bench/p2p.py), and the
 # single-process LocalPipeline benchmark (bench/pipeline.py).
 #
-#     bash tools/gpu_check_2gpu.sh [all|tests|bench|local]     (default: all)
+#     bash tools/gpu_check_2gpu.sh [all|tests|bench|local|wgrad]     (default: all)
 #
+# `wgrad` (not part of `all`) repeats the pipeline benchmarks of the large configs with
+# weight-gradient batching on (pipec.pipelining.set_weight_grad_batching), after its tests.
 # `tests` runs an NCCL smoke test first and every test group under its own time limit.
 # `tests`, `bench` and `local` split the work over device calls (each under 10 minutes); the
 # editable build is kept between calls on a warm machine. Logs and tables go to $OUT (or
@@ -46,6 +48,19 @@ if [ "$WHAT" = all ] || [ "$WHAT" = bench ]; then
 fi
 if [ "$WHAT" = all ] || [ "$WHAT" = local ]; then
     step local local.log "$PY" bench/pipeline.py --steps 8 --out "$LOGDIR/pipeline_local_2gpu.md"
+fi
+if [ "$WHAT" = wgrad ]; then
+    # weight-gradient batching on (1024 rows) where microbatch GEMMs are small: the same
+    # tables as `bench` and `local` to set against them (pipeline_mp's ranks inherit the
+    # setting from the environment)
+    step wgrad_tests wgrad_tests.log timeout 120 "$PY" -m pytest -q -m "cuda or multigpu" -rs \
+        tests/test_wgrad_batch.py
+    step wgrad_mp wgrad_mp.log env PIPEC_WGRAD_BATCH_ROWS=1024 timeout 300 "$PY" \
+        bench/pipeline_mp.py --configs large_bf16,large_mb32 --steps 6 \
+        --out "$LOGDIR/pipeline_mp_2gpu_wgrad.md"
+    step wgrad_local wgrad_local.log timeout 240 "$PY" bench/pipeline.py --steps 6 \
+        --configs large,large_bf16,large_mb32 --wgrad-batch-rows 1024 \
+        --out "$LOGDIR/pipeline_local_2gpu_wgrad.md"
 fi
 echo "gpu_check_2gpu: exit $status" | tee -a "$LOGDIR/summary.txt"
 pack_logs
