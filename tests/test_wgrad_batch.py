@@ -230,3 +230,37 @@ def test_stage_input_gradients_are_not_deferred(schedule, dw, rows_setting):
         want = q.grad.numpy()
         np.testing.assert_allclose(p.grad.numpy(), want, rtol=1e-5,
                                    atol=4e-5 * min(1.0, float(np.abs(want).max())), err_msg=k)
+
+
+
+def test_operand_modified_in_place_before_its_batch_is_an_error(rows_setting):
+    """Stage 0's Linear keeps its input, a view of the caller's batch, for its deferred
+    product. A dW runner (dw_builders; it runs with batching paused, after each backward of
+    stage 0) that modifies that batch in place after the last backward, before the flush,
+    would change the gradient silently; pipec raises instead. With batching off the products
+    ran inside the backwards: no error."""
+    pipec.manual_seed(2)
+    x, y = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
+    base0, base1 = _Lin(), _Lin()
+    n_mb = 4
+    calls = []
+
+    def build_runner():
+        def runner():
+            calls.append(1)
+            if len(calls) == n_mb:  # stage 0's last backward is done, its flush is not
+                x.mul_(1.0)  # same values, new version
+        return runner
+
+    for rows in (0, 1024):
+        set_weight_grad_batching(rows)
+        calls.clear()
+        lp = LocalPipeline([copy.deepcopy(base0), copy.deepcopy(base1)], "1F1B", n_mb,
+                           ["cpu", "cpu"], loss_fn=nn.MSELoss(reduction="sum"),
+                           scale_grads=False, dw_builders={0: build_runner})
+        if rows == 0:
+            lp.step(x, target=y)
+        else:
+            with pytest.raises(Exception, match="modified in place before that gradient"):
+                lp.step(x, target=y)
+        assert len(calls) == n_mb
