@@ -64,8 +64,9 @@ if [ $built = 1 ] && [ "$WHAT" = wgrad ]; then
         -q -m "cuda or nccl_ranks" tests/test_wgrad_batch.py tests/test_schedules.py \
         tests/test_schedule_multiproc.py -k "wgrad or (test_schedules and (1F1B or ZBV))" -rs
     for rows in 0 1024; do
-        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 150 "$PY" bench/pipeline.py \
-            --devices cuda:0,cuda:0 --configs large_bf16,large_mb32 --schedules 1F1B --steps 3 \
+        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 220 "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16,large_mb32 --schedules 1F1B,ZBVZeroBubble \
+            --steps 3 \
             --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_rows$rows.md"
     done
 fi
