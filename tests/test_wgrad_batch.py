@@ -264,3 +264,28 @@ def test_operand_modified_in_place_before_its_batch_is_an_error(rows_setting):
             with pytest.raises(Exception, match="modified in place before that gradient"):
                 lp.step(x, target=y)
         assert len(calls) == n_mb
+
+
+@pytest.mark.parametrize("rows", [0, 1024])
+def test_end_of_step_flush_is_in_the_timeline(rows, rows_setting):
+    """The products left for the step's end run in one WGRAD_FLUSH event per rank, after the
+    rank's actions, so busy times include them; charts of actions leave it out."""
+    set_weight_grad_batching(rows)
+    pipec.manual_seed(4)
+    model = MultiMLP(D, n_layers=4)
+    x, y = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
+    pipe = pipeline(model, (x[:BATCH // N_MB],), split_spec={"layers.2": SplitPoint.BEGINNING})
+    lp = LocalPipeline(pipe, "1F1B", N_MB, ["cpu", "cpu"], loss_fn=nn.MSELoss(reduction="sum"),
+                       scale_grads=False)
+    lp.step(x, target=y, record_timeline=True)
+    events = lp.timeline()
+    flushes = [e for e in events if e[1] == "WGRAD_FLUSH"]
+    if rows == 0:
+        assert flushes == []
+        return
+    assert sorted(e[0] for e in flushes) == [0, 1]
+    for rank, _, start, end in flushes:
+        last = max(e[3] for e in events if e[0] == rank and e[1] != "WGRAD_FLUSH")
+        assert start >= last and end >= start
+    from pipec import viz
+    assert all(a != "WGRAD_FLUSH" for _, a, _, _ in viz._compute_only(viz._normalize(events)[0]))

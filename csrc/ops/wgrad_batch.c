@@ -198,6 +198,12 @@ PcStatus pc_wgrad_batch_open(PcWgradBatch **out) {
 
 PcWgradBatch *pc_wgrad_batch_current(void) { return tl_batch; }
 
+bool pc_wgrad_batch_pending(const PcWgradBatch *b) {
+    for (int i = 0; b && i < b->n; i++)
+        if (b->leaves[i].n > 0) return true;
+    return false;
+}
+
 PcStatus pc_wgrad_batch_flush(PcWgradBatch *b) {
     if (!b) return PC_OK;
     for (int i = 0; i < b->n; i++) PC_TRY(run_leaf(&b->leaves[i]));

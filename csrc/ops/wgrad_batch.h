@@ -38,6 +38,10 @@ void pc_wgrad_batch_set_rows(int64_t rows);
 PcStatus pc_wgrad_batch_open(PcWgradBatch **out);
 /* The window open on this thread, or NULL. */
 PcWgradBatch *pc_wgrad_batch_current(void);
+/* Whether the window holds deferred products (false for NULL). */
+bool pc_wgrad_batch_pending(const PcWgradBatch *b);
+/* The timeline's name for the runtime's end-of-step flush. */
+#define PC_WGRAD_FLUSH_EVENT "WGRAD_FLUSH"
 /* Run every deferred product (the window stays open). */
 PcStatus pc_wgrad_batch_flush(PcWgradBatch *b);
 /* Close the window: deferred products are dropped (flush first to keep them). NULL is a

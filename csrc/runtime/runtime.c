@@ -1204,8 +1204,10 @@ static PcStatus run_leaf(PcRuntime *rt, PcActType type, int s, int m) {
                         pc_act_type_name(type));
 }
 
-/* Appends a timeline event; returns its index (or -1 when out of memory). */
-static int record_event(PcRuntime *rt, int rank, const PcAction *a, double t0, double t1) {
+/* Appends a timeline event for action a, or for the text `name` when a is NULL; returns its
+ * index (or -1 when out of memory). */
+static int record_event(PcRuntime *rt, int rank, const PcAction *a, const char *name, double t0,
+                        double t1) {
     pthread_mutex_lock(&rt->mu);
     if (rt->n_events == rt->cap_events) {
         int nc = rt->cap_events ? rt->cap_events * 2 : 256;
@@ -1220,7 +1222,10 @@ static int record_event(PcRuntime *rt, int rank, const PcAction *a, double t0, d
     int idx = rt->n_events++;
     PcTimelineEvent *ev = &rt->events[idx];
     ev->rank = rank;
-    pc_action_format(a, ev->action, sizeof ev->action);
+    if (a)
+        pc_action_format(a, ev->action, sizeof ev->action);
+    else
+        snprintf(ev->action, sizeof ev->action, "%s", name);
     ev->start_us = t0;
     ev->end_us = t1;
     pthread_mutex_unlock(&rt->mu);
@@ -1393,7 +1398,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
             }
         }
         if (status == PC_OK && timed)
-            gpu_timer_mark(&gt, 1, record_event(rt, rank, a,
+            gpu_timer_mark(&gt, 1, record_event(rt, rank, a, NULL,
                                                 tl_compute_start >= 0 ? tl_compute_start : t0,
                                                 now_us(rt)));
         if (status != PC_OK) {
@@ -1406,7 +1411,16 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                              msg);
         }
     }
-    if (status == PC_OK) status = pc_wgrad_batch_flush(wb);
+    if (status == PC_OK && pc_wgrad_batch_pending(wb)) {
+        /* the batched weight gradients left for the step's end: an event of their own in the
+         * timeline (not an action, so charts of actions leave it out; busy times include it) */
+        double t0 = rt->record ? now_us(rt) : 0;
+        if (rt->record) gpu_timer_mark(&gt, 0, -1);
+        status = pc_wgrad_batch_flush(wb);
+        if (status == PC_OK && rt->record)
+            gpu_timer_mark(&gt, 1, record_event(rt, rank, NULL, PC_WGRAD_FLUSH_EVENT, t0,
+                                                now_us(rt)));
+    }
     pc_wgrad_batch_close(wb);
     /* multi-process: the step ends when this rank's transfers have (the buffers they read
      * stay valid until then, and a dead peer is found here, within the deadline) */

@@ -10,7 +10,9 @@ your code can see it (also inside a schedule's custom action functions, before w
 deferred products run). A loss function or a ``dw_builders`` runner, which run for every
 microbatch, run with batching paused instead: what they add to ``.grad`` goes in at once,
 but a ``.grad`` they read may still lack products that are pending. A stage's input
-gradients are never deferred.
+gradients are never deferred. With ``record_timeline``, the products left for the step's
+end appear as one ``"WGRAD_FLUSH"`` event per rank after its actions (charts of actions
+leave it out; busy times count it).
 
 What changes is the rounding of the sum, not the sum: one GEMM's reduction over the
 stacked rows, the way an unpipelined full batch sums, instead of a chain of additions.
