@@ -83,17 +83,6 @@ int pc_weight_work_size(const PcWeightWork *work) {
     return work && !work->done ? work->n_entries : 0;
 }
 
-static PcStatus grow(void **arr, int *cap, int need, size_t item) {
-    if (need <= *cap) return PC_OK;
-    int nc = *cap ? *cap * 2 : 16;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * item);
-    if (!p) return pc_set_error(PC_ERR_OOM, "autograd engine: out of host memory");
-    *arr = p;
-    *cap = nc;
-    return PC_OK;
-}
-
 /* ---- graph bookkeeping ---- */
 
 typedef enum PassMode {
@@ -181,7 +170,7 @@ static PcStatus graph_add(Pass *p, PcNode *node, const bool *mask, int *idx) {
         *idx = i;
         return PC_OK;
     }
-    PC_TRY(grow((void **)&p->info, &p->cap, p->n + 1, sizeof *p->info));
+    PC_TRY(pc_grow_array((void **)&p->info, &p->cap, p->n + 1, sizeof *p->info, "autograd engine"));
     if ((size_t)(p->n + 1) * 2 > p->nslots)
         PC_TRY(graph_rehash(p, p->nslots ? p->nslots * 2 : 64));
     NodeInfo *in = &p->info[p->n];
@@ -207,7 +196,7 @@ static PcStatus graph_collect(Pass *p, int start) {
     Frame *stack = NULL;
     int sp = 0, cap = 0;
     PcStatus st = PC_OK;
-    PC_TRY_GOTO(st, grow((void **)&stack, &cap, 1, sizeof *stack));
+    PC_TRY_GOTO(st, pc_grow_array((void **)&stack, &cap, 1, sizeof *stack, "autograd engine"));
     stack[sp++] = (Frame){start, 0};
     p->info[start].state = 1;
     while (sp > 0) {
@@ -222,11 +211,13 @@ static PcStatus graph_collect(Pass *p, int start) {
             PC_TRY_GOTO(st, graph_add(p, c, NULL, &ci));
             if (p->info[ci].state != 0) continue;
             p->info[ci].state = 1;
-            PC_TRY_GOTO(st, grow((void **)&stack, &cap, sp + 1, sizeof *stack));
+            PC_TRY_GOTO(st, pc_grow_array((void **)&stack, &cap, sp + 1, sizeof *stack,
+                                          "autograd engine"));
             stack[sp++] = (Frame){ci, 0};
         } else {
             p->info[f->idx].state = 2;
-            PC_TRY_GOTO(st, grow((void **)&p->post, &p->post_cap, p->npost + 1, sizeof *p->post));
+            PC_TRY_GOTO(st, pc_grow_array((void **)&p->post, &p->post_cap, p->npost + 1,
+                                          sizeof *p->post, "autograd engine"));
             p->post[p->npost++] = f->idx;
             sp--;
         }
@@ -487,7 +478,8 @@ static PcStatus work_queue(Pass *p, int i, const bool *mask) {
     PcWeightWork *w = p->work;
     NodeInfo *in = &p->info[i];
     PcNode *n = in->node;
-    PC_TRY(grow((void **)&w->entries, &w->cap_entries, w->n_entries + 1, sizeof *w->entries));
+    PC_TRY(pc_grow_array((void **)&w->entries, &w->cap_entries, w->n_entries + 1,
+                         sizeof *w->entries, "autograd engine"));
     PcWeightEntry e = {0};
     e.grads = calloc((size_t)(n->n_outputs > 0 ? n->n_outputs : 1), sizeof *e.grads);
     if (mask) e.mask = malloc((size_t)(n->n_edges > 0 ? n->n_edges : 1) * sizeof *e.mask);
@@ -801,8 +793,8 @@ static PcStatus grad_like(PassMode mode, int n_roots, PcTensor *const *roots,
         /* Every node that ran stays unreleased until W. */
         for (int i = 0; i < p.n; i++) {
             if (!p.info[i].ran) continue;
-            PC_TRY_GOTO(st, grow((void **)&work->ran, &work->cap_ran, work->n_ran + 1,
-                                 sizeof *work->ran));
+            PC_TRY_GOTO(st, pc_grow_array((void **)&work->ran, &work->cap_ran, work->n_ran + 1,
+                                          sizeof *work->ran, "autograd engine"));
             pc_node_incref(p.info[i].node);
             work->ran[work->n_ran++] = p.info[i].node;
         }

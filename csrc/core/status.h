@@ -9,6 +9,8 @@
 #ifndef PC_CORE_STATUS_H
 #define PC_CORE_STATUS_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -52,6 +54,10 @@ void pc_clear_error(void);
         (st) = (expr);                                 \
         if ((st) != PC_OK) goto fail;                  \
     } while (0)
+
+/* Grow a realloc'd array *arr of *cap items of `item` bytes to hold at least `need` (doubling,
+ * 16 at first; new items zeroed). Out of memory: PC_ERR_OOM naming `what`, array unchanged. */
+PcStatus pc_grow_array(void **arr, int *cap, int need, size_t item, const char *what);
 
 /* Fail with a message when a user-visible condition does not hold. */
 #define PC_CHECK(cond, code, ...)                                   \

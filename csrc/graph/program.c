@@ -16,25 +16,13 @@
 
 /* ---- growable arrays ---- */
 
-static PcStatus grow(void **arr, int *cap, int need, size_t elem) {
-    if (need <= *cap) return PC_OK;
-    int nc = *cap ? *cap * 2 : 16;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * elem);
-    if (!p) return pc_set_error(PC_ERR_OOM, "out of host memory growing a program");
-    memset((char *)p + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
-    *arr = p;
-    *cap = nc;
-    return PC_OK;
-}
-
 typedef struct IntVec {
     int n, cap;
     int *v;
 } IntVec;
 
 static PcStatus ivec_push(IntVec *iv, int x) {
-    PC_TRY(grow((void **)&iv->v, &iv->cap, iv->n + 1, sizeof(int)));
+    PC_TRY(pc_grow_array((void **)&iv->v, &iv->cap, iv->n + 1, sizeof(int), "program"));
     iv->v[iv->n++] = x;
     return PC_OK;
 }
@@ -56,9 +44,9 @@ static PcStatus prog_new(ProgBuild *b) {
 static PcStatus prog_add_slot(ProgBuild *b, PcSlotKind kind, int *slot) {
     PcProgram *p = b->p;
     int cap = b->cap_slots;
-    PC_TRY(grow((void **)&p->kind, &cap, p->n_slots + 1, sizeof(PcSlotKind)));
+    PC_TRY(pc_grow_array((void **)&p->kind, &cap, p->n_slots + 1, sizeof(PcSlotKind), "program"));
     int cap2 = b->cap_slots;
-    PC_TRY(grow((void **)&p->konst, &cap2, p->n_slots + 1, sizeof(PcTensor *)));
+    PC_TRY(pc_grow_array((void **)&p->konst, &cap2, p->n_slots + 1, sizeof(PcTensor *), "program"));
     b->cap_slots = cap;
     p->kind[p->n_slots] = kind;
     p->konst[p->n_slots] = NULL;
@@ -69,7 +57,8 @@ static PcStatus prog_add_slot(ProgBuild *b, PcSlotKind kind, int *slot) {
 static PcStatus prog_add_instr(ProgBuild *b, const PcCall *c, const int *in, const int *out,
                                PcInstr **res) {
     PcProgram *p = b->p;
-    PC_TRY(grow((void **)&p->instrs, &p->cap_instrs, p->n_instrs + 1, sizeof(PcInstr)));
+    PC_TRY(pc_grow_array((void **)&p->instrs, &p->cap_instrs, p->n_instrs + 1, sizeof(PcInstr),
+                         "program"));
     PcInstr *ins = &p->instrs[p->n_instrs];
     memset(ins, 0, sizeof *ins);
     ins->call = *c;
@@ -244,7 +233,8 @@ static PcStatus slot_of_use(PcTracer *tr, PcTensor *t, int *slot) {
     }
     PC_TRY(prog_add_slot(&tr->b, PC_SLOT_EXTERNAL, &s));
     PC_TRY(map_put(tr, t, s));
-    PC_TRY(grow((void **)&tr->ext_t, &tr->cap_ext_t, tr->ext.n + 1, sizeof(PcTensor *)));
+    PC_TRY(pc_grow_array((void **)&tr->ext_t, &tr->cap_ext_t, tr->ext.n + 1, sizeof(PcTensor *),
+                         "program"));
     pc_tensor_incref(t);
     tr->ext_t[tr->ext.n] = t;
     PC_TRY(ivec_push(&tr->ext, s));

@@ -244,17 +244,6 @@ void pc_wgrad_batch_exclude(PcWgradBatch *b, int n, PcTensor *const *leaves) {
     b->excluded = leaves;
 }
 
-static PcStatus grow(void **arr, int *cap, int need, size_t item) {
-    if (need <= *cap) return PC_OK;
-    int nc = *cap ? *cap * 2 : 8;
-    while (nc < need) nc *= 2;
-    void *p = realloc(*arr, (size_t)nc * item);
-    if (!p) return pc_set_error(PC_ERR_OOM, "out of host memory");
-    *arr = p;
-    *cap = nc;
-    return PC_OK;
-}
-
 PcStatus pc_wgrad_defer(PcNode *self, int edge, PcTensor *l, PcTensor *r, double alpha,
                         bool *deferred) {
     *deferred = false;
@@ -273,14 +262,16 @@ PcStatus pc_wgrad_defer(PcNode *self, int edge, PcTensor *l, PcTensor *r, double
     for (int i = 0; i < b->n && !w; i++)
         if (b->leaves[i].leaf == leaf) w = &b->leaves[i];
     if (!w) {
-        PC_TRY(grow((void **)&b->leaves, &b->cap, b->n + 1, sizeof *b->leaves));
+        PC_TRY(pc_grow_array((void **)&b->leaves, &b->cap, b->n + 1, sizeof *b->leaves,
+                             "weight-gradient batching"));
         w = &b->leaves[b->n++];
         memset(w, 0, sizeof *w);
         pc_tensor_incref(leaf);
         w->leaf = leaf;
     }
     if (w->n > 0 && w->alpha != alpha) PC_TRY(run_leaf(w));
-    PC_TRY(grow((void **)&w->parts, &w->cap, w->n + 1, sizeof *w->parts));
+    PC_TRY(pc_grow_array((void **)&w->parts, &w->cap, w->n + 1, sizeof *w->parts,
+                         "weight-gradient batching"));
     pc_tensor_incref(l);
     pc_tensor_incref(r);
     w->parts[w->n++] = (Part){l, r, atomic_load(&l->storage->version),
