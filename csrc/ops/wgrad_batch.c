@@ -222,12 +222,6 @@ void pc_wgrad_batch_close(PcWgradBatch *b) {
     free(b);
 }
 
-PcStatus pc_wgrad_batch_suspend(PcWgradBatch *b) {
-    if (!b) return PC_OK;
-    b->suspended = true;
-    return pc_wgrad_batch_flush(b);
-}
-
 void pc_wgrad_batch_resume(PcWgradBatch *b) {
     if (b) b->suspended = false;
 }

@@ -47,15 +47,12 @@ PcStatus pc_wgrad_batch_flush(PcWgradBatch *b);
 /* Close the window: deferred products are dropped (flush first to keep them). NULL is a
  * no-op. */
 void pc_wgrad_batch_close(PcWgradBatch *b);
-/* Stop deferring on this thread until pc_wgrad_batch_resume (around user action functions,
- * which may read .grad): flushes first. */
-PcStatus pc_wgrad_batch_suspend(PcWgradBatch *b);
-void pc_wgrad_batch_resume(PcWgradBatch *b);
-/* Stop deferring without flushing (around user code that runs for every microbatch, such
- * as a loss function or a dW runner: what it adds to .grad goes in directly, and the
- * pending products still join .grad later, so the sum is the same). Returns whether it
- * paused (then pc_wgrad_batch_resume undoes it); false when already paused or b is NULL. */
+/* Stop deferring on this thread (around user code: what it adds to .grad goes in directly,
+ * and pending products still join .grad later, so the sum is the same; flush first when the
+ * code may read .grad). Returns whether it paused (then pc_wgrad_batch_resume undoes it);
+ * false when already paused or b is NULL. */
 bool pc_wgrad_batch_pause(PcWgradBatch *b);
+void pc_wgrad_batch_resume(PcWgradBatch *b);
 /* Never defer into these leaves (borrowed; NULL clears): a backward whose caller reads
  * their .grad right after it, such as a stage's inputs. */
 void pc_wgrad_batch_exclude(PcWgradBatch *b, int n, PcTensor *const *leaves);

@@ -1344,9 +1344,10 @@ static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
 /* A user function for an action: it may read .grad, so deferred weight gradients are added
  * first and none is deferred while it runs. */
 static PcStatus custom_call(PcRuntime *rt, PcWgradBatch *wb, int rank, const char *txt) {
-    PC_TRY(pc_wgrad_batch_suspend(wb));
+    PC_TRY(pc_wgrad_batch_flush(wb));
+    bool paused = pc_wgrad_batch_pause(wb);
     PcStatus st = rt->cb.custom(rt->cb.ctx, rank, txt);
-    pc_wgrad_batch_resume(wb);
+    if (paused) pc_wgrad_batch_resume(wb);
     return st;
 }
 
