@@ -562,6 +562,7 @@ static PyObject *f_fused_grad_count(PyObject *m, PyObject *unused) {
     return PyLong_FromLongLong(pc_autograd_fused_count());
 }
 
+/* _wgrad_batch_rows([rows]): the setting before (new reference); sets it when given. */
 static PyObject *f_wgrad_batch_rows(PyObject *m, PyObject *args) {
     (void)m;
     long long rows = -1;
@@ -571,6 +572,7 @@ static PyObject *f_wgrad_batch_rows(PyObject *m, PyObject *args) {
     return PyLong_FromLongLong(before);
 }
 
+/* The two batching counters for tests (new references). */
 static PyObject *f_wgrad_batched_count(PyObject *m, PyObject *unused) {
     (void)m;
     (void)unused;
