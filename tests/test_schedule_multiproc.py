@@ -540,6 +540,33 @@ def case_zoo(model_name, schedule, n):
     print(f"OK zoo {model_name} {schedule} rank {rank}", flush=True)
 
 
+def case_large_messages(schedule, n, d, rows):
+    """Every rank: MultiMLP of width d, microbatches of `rows` rows, so each activation and
+    gradient message is rows * d * 4 bytes, far above NCCL's internal buffers (a few MiB):
+    a send then cannot finish before its receive is posted. Output, losses and gradients
+    against the reference, within a 30 s deadline (a transfer deadlock fails, not hangs)."""
+    import pipec
+    import test_schedules as ts
+    from model_registry import MultiMLP
+    from pipec.pipelining import PipelineStage
+    schedule, n, d, rows = schedule, int(n), int(d), int(rows)
+    rank, world = _setup(timeout=30)
+    n_stages, mapping = _placement(schedule, world)
+    mine = [s for s in range(n_stages) if mapping[s] == rank]
+    pipec.manual_seed(77)
+    model = MultiMLP(d, n_layers=n_stages).to(DEV)
+    ref = copy.deepcopy(model)
+    loss_fn, scale_grads, tkind = ts.LOSSES["mse_sum"]
+    stages = [PipelineStage(model.layers[s], s, n_stages, DEV) for s in mine]
+    cls = ts.CLASSES[schedule]
+    sched = cls(stages[0] if schedule in ts.SINGLE else stages, n, loss_fn=loss_fn,
+                scale_grads=scale_grads)
+    _run_steps(sched, rank, {mapping[0]}, {mapping[-1]}, ref, loss_fn, n, 2, n * rows, d,
+               tkind, [(model.layers[s], f"layers.{s}.") for s in mine], 1.0,
+               f"{schedule} {rows}x{d} messages")
+    print(f"OK large messages {schedule} rank {rank}", flush=True)
+
+
 # ---- tests ----
 
 def _numerics_configs():
@@ -913,6 +940,18 @@ def test_ported_cases_gpu_stages_over_tcp(case, args):
 def test_schedule_numerics_nccl(schedule, frontend):
     res, _ = _launch(2, "case_numerics", schedule, 8, frontend,
                      "mse_sum" if frontend == "tracer" else "mse_mean", backend="nccl")
+    _assert_ok(res, 2)
+
+
+@pytest.mark.nccl_ranks
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_large_messages_nccl(schedule):
+    """32 MiB activations and gradients: NCCL runs a communicator's kernels in order, so a
+    send queued ahead of a receive from the same peer, while that peer did the same (1F1B's
+    steady state on both ranks), deadlocks unless the two are one ncclGroupStart/End group
+    (nccl.c holds transfers and issues them together before each compute action)."""
+    res, _ = _launch(2, "case_large_messages", schedule, 4, 1024, 8192, backend="nccl",
+                     timeout=240)
     _assert_ok(res, 2)
 
 

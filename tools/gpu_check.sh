@@ -2,7 +2,8 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl|wgrad]      (default: all)
+#     bash tools/gpu_check.sh [all|nccl|wgrad|group ...]      (default: all; several modes
+#     run one after another with one build)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
 # PIPEC_TEST_PEER_COPY=1 (the cross-GPU hand-off between ranks on this one GPU),
@@ -15,6 +16,10 @@
 # next to torch (the scripts and pipec's correctness column; the times mean nothing with a
 # shared GPU).
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on.
+# group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU: 32 MiB messages
+# through every schedule, first 1F1B with grouping off (PIPEC_NCCL_GROUP=0, diagnosing: it is
+# expected to deadlock and time out, which shows what the grouping fixes; not counted), then
+# every schedule with it on, the whole nccl_ranks suite, and bench/p2p.py next to torch.
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -33,7 +38,8 @@ cd "$(dirname "$0")/.."
 } > "$LOGDIR/env.txt"
 cat "$LOGDIR/env.txt"
 
-WHAT="${1:-all}"
+WHAT="${*:-all}"
+wants() { case " $WHAT " in *" $1 "*) return 0 ;; esac; return 1; }
 HASH=$(find csrc setup.py pyproject.toml -type f | sort | xargs cat | sha1sum | cut -d' ' -f1)
 built=0
 if [ "$(cat .gpu_build_hash 2>/dev/null)" = "$HASH" ] && "$PY" -c 'import pipec' 2>/dev/null; then
@@ -47,7 +53,7 @@ if [ $built = 1 ]; then
     "$PY" -c 'import pipec; print("pipec.cuda.is_available():", pipec.cuda.is_available(), "devices:", pipec.cuda.device_count())' \
         2>&1 | tee -a "$LOGDIR/summary.txt"
 fi
-if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
+if [ $built = 1 ] && wants nccl; then
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     step smoke smoke.log timeout 120 "$PY" -m pipec.run --nproc-per-node 2 tools/nccl_smoke.py --quick
     step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
@@ -57,7 +63,7 @@ if [ $built = 1 ] && [ "$WHAT" = nccl ]; then
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
     step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
-if [ $built = 1 ] && [ "$WHAT" = wgrad ]; then
+if [ $built = 1 ] && wants wgrad; then
     # weight-gradient batching: its numerics on the GPU, then the pipelines with it off and on
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     step wgrad_tests wgrad_tests.log timeout 240 env PIPEC_WGRAD_BATCH_ROWS=1024 "$PY" -m pytest \
@@ -70,7 +76,23 @@ if [ $built = 1 ] && [ "$WHAT" = wgrad ]; then
             --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_rows$rows.md"
     done
 fi
-if [ $built = 1 ] && [ "$WHAT" = all ]; then
+if [ $built = 1 ] && wants group; then
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    echo "== group_off (diagnosing, not counted): 1F1B, 32 MiB messages, PIPEC_NCCL_GROUP=0" \
+        | tee -a "$LOGDIR/summary.txt"
+    PIPEC_NCCL_GROUP=0 timeout 150 "$PY" -m pytest -q -m nccl_ranks \
+        "tests/test_schedule_multiproc.py::test_large_messages_nccl[1F1B]" \
+        > "$LOGDIR/group_off.log" 2>&1
+    echo "== group_off: exit $? (non-zero: the ungrouped transfers deadlocked)" | tee -a "$LOGDIR/summary.txt"
+    grep -m3 -i "did not complete\|timed out\|passed\|failed" "$LOGDIR/group_off.log"
+    step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -k test_large_messages_nccl --durations=8 -rs
+    step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
+        --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
+        -k "not test_large_messages_nccl"
+    step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+fi
+if [ $built = 1 ] && wants all; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
     # the LocalPipeline cross-GPU hand-off (peer copies, events, copy streams) with both
     # ranks on this GPU: its synchronisation under the same numerics tests

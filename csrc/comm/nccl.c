@@ -9,6 +9,15 @@
  *     does not reuse it before the transfer finished;
  *   - NCCL matches point-to-point operations per peer in posting order; tags are checked by
  *     the callers' schedule, not by NCCL;
+ *   - sends and posted receives are held in `pend` and issued together, as one
+ *     ncclGroupStart/End group, at the next flush (the runtime flushes before each compute
+ *     action; every other operation, a receive's wait and the end of a step flush first).
+ *     NCCL runs one communicator's kernels one after another, so without the group a send
+ *     larger than NCCL's buffers, queued ahead of a receive from the same peer while that
+ *     peer did the same, would wait forever for a receive queued behind it (1F1B's steady
+ *     state: SEND_F next to RECV_B on one rank, SEND_B next to RECV_F on the other); in one
+ *     group both progress together. A held operation keeps its tensor (and a receive its
+ *     request) referenced until it is issued;
  *   - creation waits in the store for every rank first, so a missing rank is a timeout that
  *     names it, not a hang inside ncclCommInitRank; point-to-point connections to every peer
  *     are made then too (a grouped exchange), so the first pipeline step is not slow;
@@ -72,7 +81,31 @@ typedef struct NcclComm {
     atomic_ullong wd_head;             /* oldest unfinished operation (watchdog advances) */
     atomic_ullong wd_tail;             /* next free slot (issuer advances, under io_mu) */
     atomic_bool wd_blind;              /* an operation went unwatched: nc_sync times itself */
+    /* point-to-point operations held for the next group (under io_mu) */
+    struct NcPending *pend;
+    int n_pend, cap_pend;
+    bool no_group; /* PIPEC_NCCL_GROUP=0: each transfer by itself (diagnosing only) */
 } NcclComm;
+
+/* Split receive: the transfer is enqueued on the comm stream when its group is issued; an
+ * event recorded after the group lets the wait order the caller's current stream behind it
+ * without blocking the host. Two owners while held (the caller and `pend`): dropped when
+ * both let go, so a request abandoned before its group was issued stays valid until then. */
+typedef struct NcclRecvReq {
+    atomic_int refs;
+    void *event;
+    PcTensor *t; /* owned reference: the buffer lives until the request is freed */
+} NcclRecvReq;
+
+/* A held send (req NULL) or receive. */
+typedef struct NcPending {
+    int peer;
+    ncclDataType_t dt;
+    PcTensor *t;        /* owned reference */
+    NcclRecvReq *req;   /* receives: one reference */
+} NcPending;
+
+#define NC_MAX_GROUP 256 /* held operations that make the next call issue the group */
 
 #define NC(c) ((NcclComm *)(c))
 
@@ -382,51 +415,99 @@ static PcStatus nc_prepare(NcclComm *c, const PcTensor *t, const char *what,
     return PC_OK;
 }
 
+static void req_release(NcclRecvReq *r) {
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1) return;
+    pc_cuda_event_destroy(r->event);
+    pc_tensor_decref(r->t);
+    free(r);
+}
+
+/* Issues the held operations as one group (io_mu held by the caller, through wd_begin):
+ * every one is issued or, when the group fails, the communicator is aborted (a peer would
+ * otherwise wait for transfers that never come). Empties `pend` either way. */
+static PcStatus issue_pending(NcclComm *c, long long slot) {
+    ncclResult_t r = ncclGroupStart();
+    for (int i = 0; r == ncclSuccess && i < c->n_pend; i++) {
+        NcPending *p = &c->pend[i];
+        void *data = pc_tensor_data(p->t);
+        size_t n = (size_t)pc_tensor_numel(p->t);
+        r = p->req ? ncclRecv(data, n, p->dt, p->peer, c->comm, (cudaStream_t)c->stream)
+                   : ncclSend(data, n, p->dt, p->peer, c->comm, (cudaStream_t)c->stream);
+    }
+    ncclResult_t r2 = ncclGroupEnd();
+    if (r == ncclSuccess) r = r2;
+    PcStatus st = PC_OK;
+    for (int i = 0; i < c->n_pend && r == ncclSuccess && st == PC_OK; i++)
+        if (c->pend[i].req) st = pc_cuda_event_record(c->pend[i].req->event, c->stream);
+    for (int i = 0; i < c->n_pend; i++) {
+        pc_tensor_decref(c->pend[i].t); /* the allocator keeps it for the comm stream */
+        req_release(c->pend[i].req);
+    }
+    c->n_pend = 0;
+    wd_end(c, slot, r == ncclSuccess);
+    if (r != ncclSuccess) st = nccl_fail(r, "grouped ncclSend/ncclRecv", __FILE__, __LINE__);
+    if (st != PC_OK) {
+        char why[200];
+        snprintf(why, sizeof why, "issuing %s", pc_last_error());
+        nc_abort_why(c, why);
+    }
+    return st;
+}
+
+/* Issues what is held (nothing to do when nothing is). */
+static PcStatus nc_flush(PcComm *cm) {
+    NcclComm *c = NC(cm);
+    pthread_mutex_lock(&c->io_mu);
+    bool any = c->n_pend > 0;
+    pthread_mutex_unlock(&c->io_mu);
+    if (!any) return PC_OK;
+    long long slot;
+    PcStatus st = wd_begin(c, "send/recv", &slot);
+    if (st != PC_OK) { /* aborted: the held operations will never run */
+        pthread_mutex_lock(&c->io_mu);
+        for (int i = 0; i < c->n_pend; i++) {
+            pc_tensor_decref(c->pend[i].t);
+            req_release(c->pend[i].req);
+        }
+        c->n_pend = 0;
+        pthread_mutex_unlock(&c->io_mu);
+        return st;
+    }
+    return issue_pending(c, slot); /* releases io_mu */
+}
+
+/* Holds a send (req NULL) or a receive for the next group; a full group is issued now. */
+static PcStatus hold(NcclComm *c, int peer, const PcTensor *t, ncclDataType_t dt,
+                     NcclRecvReq *req) {
+    if (peer < 0 || peer >= c->base.world || peer == c->base.rank)
+        return pc_set_error(PC_ERR_INVALID, "nccl %s: peer %d is not another rank of 0..%d",
+                            req ? "recv" : "send", peer, c->base.world - 1);
+    pthread_mutex_lock(&c->io_mu);
+    PcStatus st = pc_grow_array((void **)&c->pend, &c->cap_pend, c->n_pend + 1,
+                                sizeof *c->pend, "nccl send/recv");
+    if (st == PC_OK) {
+        pc_tensor_incref((PcTensor *)t);
+        if (req) atomic_fetch_add(&req->refs, 1);
+        c->pend[c->n_pend++] = (NcPending){peer, dt, (PcTensor *)t, req};
+    }
+    bool full = c->n_pend >= NC_MAX_GROUP || c->no_group;
+    pthread_mutex_unlock(&c->io_mu);
+    PC_TRY(st);
+    return full ? nc_flush(&c->base) : PC_OK;
+}
+
 static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {
     (void)tag;
     NcclComm *c = NC(cm);
     ncclDataType_t dt;
     void *cur;
     PC_TRY(nc_prepare(c, t, "send", &dt, &cur));
-    long long slot;
-    PC_TRY(wd_begin(c, "send", &slot));
-    ncclResult_t r = ncclSend(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
-                              (cudaStream_t)c->stream);
-    wd_end(c, slot, r == ncclSuccess);
-    if (r != ncclSuccess) return nccl_fail(r, "ncclSend", __FILE__, __LINE__);
-    return PC_OK;
+    return hold(c, peer, t, dt, NULL);
 }
-
-static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
-    (void)tag;
-    NcclComm *c = NC(cm);
-    ncclDataType_t dt;
-    void *cur;
-    PC_TRY(nc_prepare(c, t, "recv", &dt, &cur));
-    long long slot;
-    PC_TRY(wd_begin(c, "recv", &slot));
-    ncclResult_t r = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer, c->comm,
-                              (cudaStream_t)c->stream);
-    wd_end(c, slot, r == ncclSuccess);
-    if (r != ncclSuccess) return nccl_fail(r, "ncclRecv", __FILE__, __LINE__);
-    return pc_cuda_stream_wait_stream(c->base.device, cur, c->stream);
-}
-
-/* Split receive: the transfer is enqueued on the comm stream at post time (NCCL matches
- * in posting order); an event recorded after it lets the wait order the caller's current
- * stream behind it without blocking the host. */
-typedef struct NcclRecvReq {
-    void *event;
-    PcTensor *t; /* owned reference: the buffer lives until the request is freed */
-} NcclRecvReq;
 
 static void nc_recv_drop(PcComm *cm, void *req) {
     (void)cm;
-    NcclRecvReq *r = req;
-    if (!r) return;
-    pc_cuda_event_destroy(r->event);
-    pc_tensor_decref(r->t);
-    free(r);
+    req_release(req);
 }
 
 static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, void **req) {
@@ -438,24 +519,13 @@ static PcStatus nc_recv_post(PcComm *cm, int peer, uint64_t tag, PcTensor *t, vo
     PC_TRY(nc_prepare(c, t, "recv", &dt, &cur));
     NcclRecvReq *r = calloc(1, sizeof *r);
     if (!r) return pc_set_error(PC_ERR_OOM, "recv: out of host memory posting a receive");
+    atomic_init(&r->refs, 1);
     pc_tensor_incref(t);
     r->t = t;
     PcStatus st = pc_cuda_event_create(c->base.device, false, false, false, &r->event);
-    long long slot;
-    if (st == PC_OK && (st = wd_begin(c, "recv", &slot)) == PC_OK) {
-        ncclResult_t nr = ncclRecv(pc_tensor_data(t), (size_t)pc_tensor_numel(t), dt, peer,
-                                   c->comm, (cudaStream_t)c->stream);
-        PcStatus rec = nr == ncclSuccess ? pc_cuda_event_record(r->event, c->stream) : PC_OK;
-        wd_end(c, slot, nr == ncclSuccess);
-        if (nr != ncclSuccess) {
-            st = nccl_fail(nr, "ncclRecv", __FILE__, __LINE__);
-        } else if (rec != PC_OK) {
-            st = rec;
-            nc_abort(cm); /* a queued receive nobody waits for would misalign the peer */
-        }
-    }
+    if (st == PC_OK) st = hold(c, peer, t, dt, r);
     if (st != PC_OK) {
-        nc_recv_drop(cm, r);
+        req_release(r);
         return st;
     }
     *req = r;
@@ -466,16 +536,24 @@ static PcStatus nc_recv_wait(PcComm *cm, void *req) {
     NcclComm *c = NC(cm);
     NcclRecvReq *r = req;
     void *cur;
-    PcStatus st = pc_cuda_current_stream(c->base.device, &cur);
+    PcStatus st = nc_flush(cm); /* the receive may still be held */
+    if (st == PC_OK) st = pc_cuda_current_stream(c->base.device, &cur);
     if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, r->event);
-    nc_recv_drop(cm, r);
+    req_release(r);
     return st;
+}
+
+static PcStatus nc_recv(PcComm *cm, int peer, uint64_t tag, PcTensor *t) {
+    void *req;
+    PC_TRY(nc_recv_post(cm, peer, tag, t, &req));
+    return nc_recv_wait(cm, req);
 }
 
 /* Bytes travel through a device staging buffer: an 8-byte size, then the payload. */
 static PcStatus nc_send_bytes(PcComm *cm, int peer, uint64_t tag, const void *buf, size_t n) {
     (void)tag;
     NcclComm *c = NC(cm);
+    PC_TRY(nc_flush(cm)); /* in posting order behind held transfers */
     PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
     size_t total = 8 + n;
@@ -518,6 +596,7 @@ static PcStatus nc_recv_bytes(PcComm *cm, int peer, uint64_t tag, void **buf, si
     NcclComm *c = NC(cm);
     *buf = NULL;
     *n = 0;
+    PC_TRY(nc_flush(cm));
     PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
     PC_CUDART_TRY(cudaMalloc(&d, 8));
@@ -571,6 +650,7 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
     NcclComm *c = NC(cm);
     ncclDataType_t dt;
     void *cur;
+    PC_TRY(nc_flush(cm));
     PC_TRY(nc_prepare(c, t, "all_reduce", &dt, &cur));
     void *p = pc_tensor_data(t);
     long long slot;
@@ -584,6 +664,7 @@ static PcStatus nc_all_reduce_sum(PcComm *cm, PcTensor *t) {
 
 static PcStatus nc_broadcast_bytes(PcComm *cm, int root, void *buf, size_t n) {
     NcclComm *c = NC(cm);
+    PC_TRY(nc_flush(cm));
     if (n == 0) return PC_OK;
     PC_CUDART_TRY(cudaSetDevice(c->base.device));
     void *d = NULL;
@@ -615,6 +696,7 @@ static PcStatus nc_barrier(PcComm *cm) {
 static PcStatus nc_wait_idle(PcComm *cm) {
     NcclComm *c = NC(cm);
     if (atomic_load(&c->aborted)) return aborted_error(c, "step");
+    PC_TRY(nc_flush(cm));
     PC_TRY(nc_sync(c, c->stream, "transfers of this step"));
     /* an abort from another thread ends NCCL's kernels too: the stream then looks done */
     if (atomic_load(&c->aborted)) return aborted_error(c, "step");
@@ -653,6 +735,8 @@ static PcStatus nc_connect_peers(NcclComm *c) {
 static void nc_destroy(PcComm *cm) {
     NcclComm *c = NC(cm);
     if (!c) return;
+    if (c->n_pend > 0 && nc_flush(cm) != PC_OK) pc_clear_error(); /* or dropped: aborted */
+    free(c->pend);
     wd_stop(c);
     if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);
     c->comm = NULL;
@@ -670,6 +754,7 @@ static const PcCommOps nccl_ops = {
     .recv_post = nc_recv_post,
     .recv_wait = nc_recv_wait,
     .recv_drop = nc_recv_drop,
+    .flush = nc_flush,
     .wait_idle = nc_wait_idle,
     .send_bytes = nc_send_bytes,
     .recv_bytes = nc_recv_bytes,
@@ -708,6 +793,8 @@ PcStatus pc_comm_nccl_create(PcStore *store, int rank, int world, int device, do
     c->base.world = world;
     c->base.timeout_s = timeout_s;
     c->base.device = device;
+    const char *grp = getenv("PIPEC_NCCL_GROUP");
+    c->no_group = grp && strcmp(grp, "0") == 0;
     pthread_mutex_init(&c->wd_mu, NULL);
     pthread_mutex_init(&c->io_mu, NULL);
     pthread_mutex_init(&c->abort_mu, NULL);

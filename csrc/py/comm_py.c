@@ -295,6 +295,7 @@ static PyObject *comm_send(PcPyComm *self, PyObject *args, PyObject *kw) {
     PcStatus st;
     Py_BEGIN_ALLOW_THREADS
     st = c->ops->send(c, peer, (uint64_t)tag, t);
+    if (st == PC_OK && c->ops->flush) st = c->ops->flush(c); /* issued when send returns */
     Py_END_ALLOW_THREADS
     comm_leave(self);
     pc_tensor_decref(t);

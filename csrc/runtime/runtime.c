@@ -1341,9 +1341,22 @@ static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
     memset(g, 0, sizeof *g);
 }
 
+/* Issues the transfers the communicator holds back (comm.h: NCCL groups the sends and
+ * receives posted since the last flush). Runs before each action that is not a transfer
+ * (compute or a user function may block, and the peer may be waiting for a held send), and
+ * before the end-of-step work: consecutive SEND/RECV actions so form one group. */
+static PcStatus comm_flush(PcRuntime *rt) {
+    return rt->comm && rt->comm->ops->flush ? rt->comm->ops->flush(rt->comm) : PC_OK;
+}
+
+static bool is_transfer(PcActType t) {
+    return t == PC_ACT_SEND_F || t == PC_ACT_RECV_F || t == PC_ACT_SEND_B || t == PC_ACT_RECV_B;
+}
+
 /* A user function for an action: it may read .grad, so deferred weight gradients are added
  * first and none is deferred while it runs. */
 static PcStatus custom_call(PcRuntime *rt, PcWgradBatch *wb, int rank, const char *txt) {
+    PC_TRY(comm_flush(rt));
     PC_TRY(pc_wgrad_batch_flush(wb));
     bool paused = pc_wgrad_batch_pause(wb);
     PcStatus st = rt->cb.custom(rt->cb.ctx, rank, txt);
@@ -1374,7 +1387,10 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         if (timed) gpu_timer_mark(&gt, 0, -1);
         PcActionSub leaves[PC_ACTION_MAX_SUB];
         int n = pc_action_leaves(a, leaves);
-        if (rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
+        bool transfers_only = true;
+        for (int j = 0; j < n; j++) transfers_only = transfers_only && is_transfer(leaves[j].type);
+        if (!transfers_only) status = comm_flush(rt);
+        if (status == PC_OK && rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
             char txt[PC_ACTION_TEXT_MAX];
             pc_action_format(a, txt, sizeof txt);
             status = custom_call(rt, wb, rank, txt);
@@ -1412,6 +1428,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                              msg);
         }
     }
+    if (status == PC_OK) status = comm_flush(rt); /* the last transfers, before the end's work */
     if (status == PC_OK && pc_wgrad_batch_pending(wb)) {
         /* the batched weight gradients left for the step's end: an event of their own in the
          * timeline (not an action, so charts of actions leave it out; busy times include it) */
