@@ -567,6 +567,42 @@ def case_large_messages(schedule, n, d, rows):
     print(f"OK large messages {schedule} rank {rank}", flush=True)
 
 
+# Two ranks, one stage each, the lowered order given as is (compute_comms): each rank's
+# send and its receive from the other rank are adjacent and cross (rank 0 sends F1 before it
+# receives B0; rank 1 sends B0 before it receives F1). With messages too large for NCCL's
+# buffers, each send waits for its receive, which the other rank queued behind its own send:
+# only issuing the pair as one group (nccl.c) lets both progress.
+CROSSING_ORDER = [
+    ["0F0", "0SEND_F0", "0F1", "0SEND_F1", "0RECV_B0", "0B0", "0RECV_B1", "0B1"],
+    ["1RECV_F0", "1F0", "1B0", "1SEND_B0", "1RECV_F1", "1F1", "1B1", "1SEND_B1"]]
+
+
+def case_crossing_transfers(d, rows):
+    """Every rank: CROSSING_ORDER (2 microbatches of `rows` x d) against the reference."""
+    import tempfile
+    import pipec
+    import test_schedules as ts
+    from model_registry import MultiMLP
+    from pipec.pipelining import PipelineStage
+    from pipec.pipelining._runtime import PipelineScheduleMulti
+    from pipec.pipelining.schedules import dump_csv
+    d, rows = int(d), int(rows)
+    rank, world = _setup(timeout=30)
+    assert world == 2
+    pipec.manual_seed(78)
+    model = MultiMLP(d, n_layers=2).to(DEV)
+    ref = copy.deepcopy(model)
+    sched = PipelineScheduleMulti([PipelineStage(model.layers[rank], rank, 2, DEV)], 2,
+                                  loss_fn=ts.mse_sum, scale_grads=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "crossing.csv")
+        dump_csv(path, {r: row for r, row in enumerate(CROSSING_ORDER)})
+        sched._load_csv(path, format="compute_comms")
+    _run_steps(sched, rank, {0}, {1}, ref, ts.mse_sum, 2, 2, 2 * rows, d, "float",
+               [(model.layers[rank], f"layers.{rank}.")], 1.0, f"crossing {rows}x{d}")
+    print(f"OK crossing transfers rank {rank}", flush=True)
+
+
 # ---- tests ----
 
 def _numerics_configs():
@@ -946,12 +982,23 @@ def test_schedule_numerics_nccl(schedule, frontend):
 @pytest.mark.nccl_ranks
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_large_messages_nccl(schedule):
-    """32 MiB activations and gradients: NCCL runs a communicator's kernels in order, so a
-    send queued ahead of a receive from the same peer, while that peer did the same (1F1B's
-    steady state on both ranks), deadlocks unless the two are one ncclGroupStart/End group
-    (nccl.c holds transfers and issues them together before each compute action)."""
+    """32 MiB activations and gradients, so every send waits for its receive (rendezvous):
+    the lowered orders must not put a rank's comm stream behind a send whose receive the
+    peer queued behind a transfer waiting on this rank (test_nccl_ordering.py checks the
+    same on a model; here NCCL runs it)."""
     res, _ = _launch(2, "case_large_messages", schedule, 4, 1024, 8192, backend="nccl",
                      timeout=240)
+    _assert_ok(res, 2)
+
+
+@pytest.mark.parametrize("backend,rows", [("tcp", 8), pytest.param("nccl", 8192,
+                                                                     marks=pytest.mark.nccl_ranks)])
+def test_crossing_transfers(backend, rows):
+    """CROSSING_ORDER: on NCCL with 32 MiB messages this deadlocks when the sends and
+    receives between two compute actions are issued one by one (PIPEC_NCCL_GROUP=0); TCP
+    buffers early arrivals, so there it checks the order's numerics."""
+    res, _ = _launch(2, "case_crossing_transfers", 1024 if backend == "nccl" else 16, rows,
+                     backend=backend, timeout=240)
     _assert_ok(res, 2)
 
 

@@ -16,10 +16,10 @@
 # next to torch (the scripts and pipec's correctness column; the times mean nothing with a
 # shared GPU).
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on.
-# group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU: 32 MiB messages
-# through every schedule, first 1F1B with grouping off (PIPEC_NCCL_GROUP=0, diagnosing: it is
-# expected to deadlock and time out, which shows what the grouping fixes; not counted), then
-# every schedule with it on, the whole nccl_ranks suite, and bench/p2p.py next to torch.
+# group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
+# first with grouping off (PIPEC_NCCL_GROUP=0; diagnosing, not counted: the crossing order
+# is expected to deadlock and time out, 1F1B's lowered order not), then the crossing order
+# and every schedule with it on, the whole nccl_ranks suite, and bench/p2p.py next to torch.
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -78,18 +78,20 @@ if [ $built = 1 ] && wants wgrad; then
 fi
 if [ $built = 1 ] && wants group; then
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
-    echo "== group_off (diagnosing, not counted): 1F1B, 32 MiB messages, PIPEC_NCCL_GROUP=0" \
-        | tee -a "$LOGDIR/summary.txt"
+    echo "== group_off (diagnosing, not counted): crossing sends/receives and 1F1B, 32 MiB" \
+        "messages, PIPEC_NCCL_GROUP=0" | tee -a "$LOGDIR/summary.txt"
     PIPEC_NCCL_GROUP=0 timeout 150 "$PY" -m pytest -q -m nccl_ranks \
+        "tests/test_schedule_multiproc.py::test_crossing_transfers[nccl-8192]" \
         "tests/test_schedule_multiproc.py::test_large_messages_nccl[1F1B]" \
         > "$LOGDIR/group_off.log" 2>&1
     echo "== group_off: exit $? (non-zero: the ungrouped transfers deadlocked)" | tee -a "$LOGDIR/summary.txt"
     grep -m3 -i "did not complete\|timed out\|passed\|failed" "$LOGDIR/group_off.log"
     step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
-        tests/test_schedule_multiproc.py -k test_large_messages_nccl --durations=8 -rs
+        tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
+        --durations=8 -rs
     step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
-        -k "not test_large_messages_nccl"
+        -k "not test_large_messages_nccl and not test_crossing_transfers"
     step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
 if [ $built = 1 ] && wants all; then
