@@ -38,8 +38,9 @@ typedef struct PcCommOps {
     /* Split receive: recv_post starts receiving (peer, tag) into t and hands back a request;
      * recv_wait completes it (data is then usable on the caller's current stream) and
      * recv_drop abandons it; either frees the request. Asynchronous backends (NCCL) enqueue
-     * the transfer at post time, in posting order; the TCP backend, which buffers early
-     * arrivals, receives at wait time, which gives the same result. t stays referenced by
+     * the transfer, in posting order, at post time or at the next flush (below); the TCP
+     * backend, which buffers early arrivals, receives at wait time, which gives the same
+     * result. t stays referenced by
      * the request until it is freed. recv_drop must not use `c` (it may be NULL: a request
      * can outlive its communicator). */
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);

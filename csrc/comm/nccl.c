@@ -93,6 +93,7 @@ typedef struct NcclComm {
  * both let go, so a request abandoned before its group was issued stays valid until then. */
 typedef struct NcclRecvReq {
     atomic_int refs;
+    atomic_bool issued; /* its group was issued and `event` recorded after it */
     void *event;
     PcTensor *t; /* owned reference: the buffer lives until the request is freed */
 } NcclRecvReq;
@@ -105,7 +106,10 @@ typedef struct NcPending {
     NcclRecvReq *req;   /* receives: one reference */
 } NcPending;
 
-#define NC_MAX_GROUP 256 /* held operations that make the next call issue the group */
+/* Held operations that make the next call issue the group. A pipeline holds a handful
+ * between two compute actions; a larger run would be split here, which could separate a
+ * send from the receive it crosses. */
+#define NC_MAX_GROUP 256
 
 #define NC(c) ((NcclComm *)(c))
 
@@ -422,29 +426,49 @@ static void req_release(NcclRecvReq *r) {
     free(r);
 }
 
+/* Lets go of held operations taken out of `pend` (outside io_mu: a last reference may
+ * free memory, or release a DLPack owner, which takes the GIL). */
+static void release_ops(NcPending *ops, int n) {
+    for (int i = 0; i < n; i++) {
+        pc_tensor_decref(ops[i].t); /* the allocator keeps it for the comm stream */
+        req_release(ops[i].req);
+    }
+    free(ops);
+}
+
+/* Takes the held operations out of `pend` (io_mu held). */
+static NcPending *take_pending(NcclComm *c, int *n) {
+    NcPending *ops = c->pend;
+    *n = c->n_pend;
+    c->pend = NULL;
+    c->n_pend = c->cap_pend = 0;
+    return ops;
+}
+
 /* Issues the held operations as one group (io_mu held by the caller, through wd_begin):
  * every one is issued or, when the group fails, the communicator is aborted (a peer would
  * otherwise wait for transfers that never come). Empties `pend` either way. */
 static PcStatus issue_pending(NcclComm *c, long long slot) {
+    int n;
+    NcPending *ops = take_pending(c, &n);
     ncclResult_t r = ncclGroupStart();
-    for (int i = 0; r == ncclSuccess && i < c->n_pend; i++) {
-        NcPending *p = &c->pend[i];
+    for (int i = 0; r == ncclSuccess && i < n; i++) {
+        NcPending *p = &ops[i];
         void *data = pc_tensor_data(p->t);
-        size_t n = (size_t)pc_tensor_numel(p->t);
-        r = p->req ? ncclRecv(data, n, p->dt, p->peer, c->comm, (cudaStream_t)c->stream)
-                   : ncclSend(data, n, p->dt, p->peer, c->comm, (cudaStream_t)c->stream);
+        size_t count = (size_t)pc_tensor_numel(p->t);
+        r = p->req ? ncclRecv(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream)
+                   : ncclSend(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream);
     }
     ncclResult_t r2 = ncclGroupEnd();
     if (r == ncclSuccess) r = r2;
     PcStatus st = PC_OK;
-    for (int i = 0; i < c->n_pend && r == ncclSuccess && st == PC_OK; i++)
-        if (c->pend[i].req) st = pc_cuda_event_record(c->pend[i].req->event, c->stream);
-    for (int i = 0; i < c->n_pend; i++) {
-        pc_tensor_decref(c->pend[i].t); /* the allocator keeps it for the comm stream */
-        req_release(c->pend[i].req);
+    for (int i = 0; i < n && r == ncclSuccess && st == PC_OK; i++) {
+        if (!ops[i].req) continue;
+        st = pc_cuda_event_record(ops[i].req->event, c->stream);
+        if (st == PC_OK) atomic_store(&ops[i].req->issued, true);
     }
-    c->n_pend = 0;
     wd_end(c, slot, r == ncclSuccess);
+    release_ops(ops, n);
     if (r != ncclSuccess) st = nccl_fail(r, "grouped ncclSend/ncclRecv", __FILE__, __LINE__);
     if (st != PC_OK) {
         char why[200];
@@ -452,6 +476,15 @@ static PcStatus issue_pending(NcclComm *c, long long slot) {
         nc_abort_why(c, why);
     }
     return st;
+}
+
+/* Drops the held operations without issuing them (aborted: they would never run). */
+static void drop_pending(NcclComm *c) {
+    int n;
+    pthread_mutex_lock(&c->io_mu);
+    NcPending *ops = take_pending(c, &n);
+    pthread_mutex_unlock(&c->io_mu);
+    release_ops(ops, n);
 }
 
 /* Issues what is held (nothing to do when nothing is). */
@@ -463,14 +496,8 @@ static PcStatus nc_flush(PcComm *cm) {
     if (!any) return PC_OK;
     long long slot;
     PcStatus st = wd_begin(c, "send/recv", &slot);
-    if (st != PC_OK) { /* aborted: the held operations will never run */
-        pthread_mutex_lock(&c->io_mu);
-        for (int i = 0; i < c->n_pend; i++) {
-            pc_tensor_decref(c->pend[i].t);
-            req_release(c->pend[i].req);
-        }
-        c->n_pend = 0;
-        pthread_mutex_unlock(&c->io_mu);
+    if (st != PC_OK) {
+        drop_pending(c);
         return st;
     }
     return issue_pending(c, slot); /* releases io_mu */
@@ -537,6 +564,11 @@ static PcStatus nc_recv_wait(PcComm *cm, void *req) {
     NcclRecvReq *r = req;
     void *cur;
     PcStatus st = nc_flush(cm); /* the receive may still be held */
+    /* dropped unissued (another thread's flush failed, or an abort): its buffer is empty */
+    if (st == PC_OK && !atomic_load(&r->issued))
+        st = atomic_load(&c->aborted) ? aborted_error(c, "recv")
+                                      : pc_set_error(PC_ERR_COMM, "nccl recv: the receive was "
+                                                                  "never issued");
     if (st == PC_OK) st = pc_cuda_current_stream(c->base.device, &cur);
     if (st == PC_OK) st = pc_cuda_stream_wait_event(cur, r->event);
     req_release(r);
@@ -735,7 +767,12 @@ static PcStatus nc_connect_peers(NcclComm *c) {
 static void nc_destroy(PcComm *cm) {
     NcclComm *c = NC(cm);
     if (!c) return;
-    if (c->n_pend > 0 && nc_flush(cm) != PC_OK) pc_clear_error(); /* or dropped: aborted */
+    if (c->n_pend > 0) {
+        /* a failed step left transfers unissued: issuing them now could make
+         * ncclCommDestroy wait for a peer that is gone, with no watchdog left */
+        nc_abort_why(c, "destroyed with transfers not issued");
+        drop_pending(c);
+    }
     free(c->pend);
     wd_stop(c);
     if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);

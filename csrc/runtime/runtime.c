@@ -1000,6 +1000,20 @@ static PcStatus wait_grads(PcRuntime *rt, int s, int m) {
 
 /* ---- compute actions ---- */
 
+/* Issues the transfers the communicator holds back (comm.h: NCCL groups the sends and
+ * receives posted since the last flush). Runs before each leaf action that is not a
+ * transfer, before user callbacks (loss, dW) and before the end-of-step work: compute or
+ * user code may block the host while the peer waits for a held send. Consecutive SEND/RECV
+ * actions so form one group. */
+static PcStatus comm_flush(PcRuntime *rt) {
+    return rt->comm && rt->comm->ops->flush ? rt->comm->ops->flush(rt->comm) : PC_OK;
+}
+
+static bool is_transfer(PcActType t) {
+    return t == PC_ACT_SEND_F || t == PC_ACT_RECV_F || t == PC_ACT_SEND_B || t == PC_ACT_RECV_B;
+}
+
+
 static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
@@ -1050,6 +1064,7 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
         bool was = pc_grad_enabled();
         pc_set_grad_enabled(rt->training);
         status = pc_program_run(st->d.prog, x->in, st->d.ext, x->out);
+        if (status == PC_OK && st->is_last && rt->cb.loss) status = comm_flush(rt);
         if (status == PC_OK && st->is_last && rt->cb.loss) {
             bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current()); /* user code */
             status = rt->cb.loss(rt->cb.ctx, s, m, st->d.n_out, x->out, &x->loss);
@@ -1145,6 +1160,7 @@ static PcStatus do_backward_weight(PcRuntime *rt, int s, int m) {
         return pc_set_error(PC_ERR_RUNTIME, "schedule error: W of stage %d microbatch %d before "
                                             "its I", s, m);
     if (rt->cb.has_dw && rt->cb.has_dw(rt->cb.ctx, s)) {
+        PC_TRY(comm_flush(rt));
         bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current()); /* user code */
         status = rt->cb.dw(rt->cb.ctx, s, m);
         if (paused) pc_wgrad_batch_resume(pc_wgrad_batch_current());
@@ -1341,18 +1357,6 @@ static void gpu_timer_finish(PcRuntime *rt, GpuTimer *g, bool ok) {
     memset(g, 0, sizeof *g);
 }
 
-/* Issues the transfers the communicator holds back (comm.h: NCCL groups the sends and
- * receives posted since the last flush). Runs before each action that is not a transfer
- * (compute or a user function may block, and the peer may be waiting for a held send), and
- * before the end-of-step work: consecutive SEND/RECV actions so form one group. */
-static PcStatus comm_flush(PcRuntime *rt) {
-    return rt->comm && rt->comm->ops->flush ? rt->comm->ops->flush(rt->comm) : PC_OK;
-}
-
-static bool is_transfer(PcActType t) {
-    return t == PC_ACT_SEND_F || t == PC_ACT_RECV_F || t == PC_ACT_SEND_B || t == PC_ACT_RECV_B;
-}
-
 /* A user function for an action: it may read .grad, so deferred weight gradients are added
  * first and none is deferred while it runs. */
 static PcStatus custom_call(PcRuntime *rt, PcWgradBatch *wb, int rank, const char *txt) {
@@ -1387,10 +1391,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
         if (timed) gpu_timer_mark(&gt, 0, -1);
         PcActionSub leaves[PC_ACTION_MAX_SUB];
         int n = pc_action_leaves(a, leaves);
-        bool transfers_only = true;
-        for (int j = 0; j < n; j++) transfers_only = transfers_only && is_transfer(leaves[j].type);
-        if (!transfers_only) status = comm_flush(rt);
-        if (status == PC_OK && rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
+        if (rt->cb.has_custom && rt->cb.has_custom(rt->cb.ctx, a->type)) {
             char txt[PC_ACTION_TEXT_MAX];
             pc_action_format(a, txt, sizeof txt);
             status = custom_call(rt, wb, rank, txt);
@@ -1404,6 +1405,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                                       rank, leaves[j].stage, rt->st[leaves[j].stage].d.rank);
                 break;
             }
+            if (!is_transfer(leaves[j].type) && (status = comm_flush(rt)) != PC_OK) break;
             if (a->n_sub > 0 && rt->cb.has_custom &&
                 rt->cb.has_custom(rt->cb.ctx, leaves[j].type)) {
                 PcAction leaf = pc_action_from_sub(leaves[j]);
