@@ -12,9 +12,9 @@ from ._tensor import (Tensor, tensor, from_numpy, as_tensor, empty, zeros, ones,
                       randn_like, chunk, split, tensor_split, manual_seed, initial_seed,
                       is_tensor, numel, from_dlpack)
 from ._C import (PipelineError, mm, matmul, addmm, relu, gelu, tanh, sigmoid, exp, log, neg,
-                 abs, sqrt, pow, add, sub, mul, div, maximum, sum, mean, max, clone, detach,
-                 reshape, flatten, transpose, t, permute, unsqueeze, squeeze, cat, stack,
-                 softmax, log_softmax, is_grad_enabled)
+                 abs, sqrt, pow, add, sub, mul, div, maximum, eq, ne, lt, le, gt, ge, sum,
+                 mean, max, clone, detach, reshape, flatten, transpose, t, permute, unsqueeze,
+                 squeeze, cat, stack, softmax, log_softmax, is_grad_enabled)
 from . import autograd
 from .autograd import no_grad, enable_grad, set_grad_enabled
 

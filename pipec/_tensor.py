@@ -396,6 +396,22 @@ def _format(self, spec):
     return object.__format__(self, spec)
 
 
+def _iter(self):
+    """t[0], t[1], ... along dim 0: views, made one at a time, as torch iterates."""
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return (self[i] for i in range(self.shape[0]))
+
+
+def _contains(self, element):
+    """torch's rule: whether any element of self equals ``element`` (a number, or a tensor
+    that broadcasts against self). Without it `x in t` would iterate and compare rows."""
+    if not isinstance(element, (Tensor, int, builtins.float)):
+        raise RuntimeError("Tensor.__contains__ only supports Tensor or scalar, but you "
+                           f"passed in a {type(element).__name__}.")
+    return (self == element).to(int64).sum().item() > 0
+
+
 def _rpow(self, base):
     raise TypeError("pipec does not support a tensor as the exponent of a number")
 
@@ -406,10 +422,10 @@ def _install():
         "backward": _backward, "__deepcopy__": _deepcopy, "__reduce_ex__": _reduce_ex,
         "chunk": chunk, "split": split, "tensor_split": tensor_split,
         "view_as": _view_as, "expand_as": _expand_as, "type_as": _type_as,
-        "__format__": _format, "__rpow__": _rpow,
+        "__format__": _format, "__rpow__": _rpow, "__iter__": _iter,
+        "__contains__": _contains,
         "T": property(_T), "mT": property(lambda self: self.transpose(-2, -1)),
         "is_floating_point": lambda self: self.dtype.is_floating_point,
-        "__hash__": object.__hash__,
         "__array_priority__": 1000,
     }
     for name, fn in methods.items():

@@ -1,15 +1,20 @@
 """test_tensor.py — tensor basics: creation and dtypes, repr, NumPy interop (shared memory),
 indexing views, conversions (float16/bfloat16 round trips), factories, the random generator,
-in-place fills and copies, and the small Tensor methods (size, numel, item, tolist, ...).
+in-place fills and copies, the small Tensor methods (size, numel, item, tolist, ...), the
+elementwise comparisons (==, <, ..., eq, lt, ...: bool results against NumPy, scalars on
+either side, dtype promotion, never requiring grad, identity hashing, `in`) and iteration
+along dim 0 (CUDA variants marked `cuda`).
 
 Values are compared exactly where the operation is exact (copies, fills, indexing,
 conversions of representable values) and with helpers.TOL elsewhere.
 """
+import operator
+
 import numpy as np
 import pytest
 
 import pipec
-from helpers import make, to_np, assert_close, LAYOUTS
+from helpers import make, to_np, assert_close, rng, LAYOUTS
 
 
 # ---- creation and dtypes ----
@@ -423,3 +428,261 @@ def test_int64_and_bool_tensors_basic_ops():
     assert a.sum().item() == 6
     f = a + pipec.tensor([0.5, 0.5, 0.5])
     assert f.dtype == pipec.float32 and f.tolist() == [1.5, 2.5, 3.5]
+
+
+# ---- comparisons ----
+# Exact against NumPy: the values are small integers and halves (exact in every dtype here,
+# bfloat16 and float16 included) with many ties, plus NaN for the floating dtypes, so every
+# relation has true and false cases and no rounding can move one.
+
+CMP_OPS = {
+    "eq": (operator.eq, np.equal), "ne": (operator.ne, np.not_equal),
+    "lt": (operator.lt, np.less), "le": (operator.le, np.less_equal),
+    "gt": (operator.gt, np.greater), "ge": (operator.ge, np.greater_equal),
+}
+CMP_DTYPES = [pipec.float32, pipec.float64, pipec.float16, pipec.bfloat16, pipec.int64]
+CMP_DTYPE_IDS = [str(d).split(".")[-1] for d in CMP_DTYPES]
+
+
+def _cmp_values(g, shape, dtype):
+    """Halves in [-2, 2] (integers for int64), with NaN sprinkled in for float dtypes."""
+    if dtype == pipec.int64:
+        return g.integers(-2, 3, size=shape).astype(np.float64)
+    a = g.integers(-4, 5, size=shape) / 2.0
+    if a.size:
+        a.flat[g.integers(0, a.size, size=max(1, a.size // 8))] = np.nan
+    return a
+
+
+def _cmp_tensor(a, dtype, layout="contiguous", device="cpu", requires_grad=False):
+    t = make(a, dtype, layout).to(device)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _check_cmp(res, expected, device="cpu"):
+    assert isinstance(res, pipec.Tensor)
+    assert res.dtype == pipec.bool, res.dtype
+    assert res.device == pipec.device(device)
+    assert not res.requires_grad and res.grad_fn is None
+    assert tuple(res.shape) == expected.shape
+    np.testing.assert_array_equal(to_np(res), expected)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", CMP_DTYPES, ids=CMP_DTYPE_IDS)
+@pytest.mark.parametrize("name", sorted(CMP_OPS))
+def test_compare_tensors_broadcast_against_numpy(name, dtype, layout):
+    op, np_op = CMP_OPS[name]
+    g = rng()
+    a = _cmp_values(g, (3, 1, 4), dtype)
+    b = _cmp_values(g, (5, 4), dtype)
+    b[0] = a[0, 0]  # guaranteed ties beside the NaNs
+    want = np_op(a, b)
+    ta, tb = _cmp_tensor(a, dtype, layout), _cmp_tensor(b, dtype, layout)
+    _check_cmp(op(ta, tb), want)
+    _check_cmp(getattr(ta, name)(tb), want)
+    _check_cmp(getattr(pipec, name)(ta, tb), want)
+    _check_cmp(getattr(pipec, name)(ta, other=tb), want)
+    # the reversed operands broadcast the other way round
+    _check_cmp(op(tb, ta), np_op(b, a))
+
+
+@pytest.mark.parametrize("dtype", CMP_DTYPES, ids=CMP_DTYPE_IDS)
+@pytest.mark.parametrize("name", sorted(CMP_OPS))
+def test_compare_with_python_scalars_on_either_side(name, dtype):
+    op, np_op = CMP_OPS[name]
+    a = _cmp_values(rng(), (4, 6), dtype)
+    t = _cmp_tensor(a, dtype)
+    for s in (0, 1, -2, 0.5, -1.5, True, float("nan"), float("inf")):
+        _check_cmp(op(t, s), np_op(a, s))
+        _check_cmp(op(s, t), np_op(s, a))  # e.g. 0 < t: Python calls t > 0
+        _check_cmp(getattr(t, name)(s), np_op(a, s))
+        _check_cmp(getattr(pipec, name)(t, s), np_op(a, s))
+
+
+def test_compare_promotes_dtypes_like_the_arithmetic_ops():
+    i = pipec.tensor([1, 2, 3])
+    f = pipec.tensor([1.5, 2.0, 2.5])
+    _check_cmp(i < f, np.array([True, False, False]))   # int64 vs float32: in float32
+    _check_cmp(f.to(pipec.float64) >= i, np.array([True, True, False]))
+    _check_cmp(i.to(pipec.bfloat16) == f.to(pipec.float16), np.array([False, True, False]))
+    _check_cmp(i == 2.0, np.array([False, True, False]))  # int tensor, float scalar
+    _check_cmp(i > 1.5, np.array([False, True, True]))
+    b = pipec.tensor([True, False])
+    _check_cmp(b == 1, np.array([True, False]))
+    _check_cmp(b == 2, np.array([False, False]))  # 2 is not True: compared as int64
+    _check_cmp(b == True, np.array([True, False]))  # noqa: E712
+    _check_cmp(b < pipec.tensor([1, 0]), np.array([False, False]))
+    _check_cmp(b != pipec.tensor([True, True]), np.array([False, True]))
+
+
+def test_compare_int64_is_exact_beyond_float64():
+    big = 2 ** 62
+    a = pipec.tensor([big, big + 1, -big])
+    b = pipec.tensor([big + 1, big + 1, -big - 1])
+    _check_cmp(a == b, np.array([False, True, False]))
+    _check_cmp(a < b, np.array([True, False, False]))
+    _check_cmp(a >= b, np.array([False, True, True]))
+
+
+def test_compare_nan_is_unordered_and_unequal():
+    x = pipec.tensor([float("nan"), 1.0, float("nan")])
+    y = pipec.tensor([float("nan"), float("nan"), 1.0])
+    assert (x == x).tolist() == [False, True, False]
+    assert (x != x).tolist() == [True, False, True]
+    for op in (operator.lt, operator.le, operator.gt, operator.ge, operator.eq):
+        assert op(x, y).tolist() == [False, False, False]
+    assert (x != y).tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize("name", sorted(CMP_OPS))
+def test_compare_never_requires_grad(name):
+    op, _ = CMP_OPS[name]
+    x = pipec.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    y = x * 2.0  # a non-leaf with history
+    for res in (op(x, 0.0), op(0.0, x), op(x, y), getattr(x, name)(y),
+                getattr(pipec, name)(y, x)):
+        assert res.dtype == pipec.bool
+        assert not res.requires_grad and res.grad_fn is None
+    # a comparison used as a mask passes the gradient only through the other factor
+    mask = op(x, 0.0)
+    (x * mask).sum().backward()
+    np.testing.assert_array_equal(to_np(x.grad), to_np(mask).astype(np.float64))
+
+
+def test_compare_0d_results_convert_to_bool():
+    t = pipec.tensor(3.0)
+    assert bool(t > 2) and not bool(t < 2) and (t == 3).ndim == 0
+    assert bool(2 < t) and bool(pipec.tensor(2) <= 2)
+
+
+def test_compare_errors():
+    a, b = pipec.zeros(2, 3), pipec.zeros(4)
+    with pytest.raises(ValueError, match="broadcast|shape"):
+        a == b
+    with pytest.raises(TypeError, match="'other' must be a Tensor or a number"):
+        a.eq("x")
+    with pytest.raises(TypeError, match="'other' must be a Tensor or a number"):
+        pipec.lt(a, [1, 2, 3])
+    with pytest.raises(TypeError):
+        a < "x"
+    with pytest.raises(TypeError):
+        None >= a
+
+
+def test_equality_with_other_objects_falls_back_to_identity():
+    t = pipec.tensor([1.0, 2.0])
+    assert (t == None) is False  # noqa: E711 (as torch: no elementwise meaning)
+    assert (t != "abc") is True
+    assert (t == object()) is False
+
+
+def test_tensors_stay_hashable_by_identity():
+    a = pipec.tensor([1.0, 2.0])
+    b = pipec.tensor([1.0, 2.0])  # equal values, another object
+    assert hash(a) == hash(a) and hash(a) != hash(b)
+    d = {a: "a", b: "b"}
+    assert d[a] == "a" and d[b] == "b" and len(d) == 2
+    s = {a, b, a}
+    assert len(s) == 2 and a in s and b in s
+    assert pipec.tensor([1.0, 2.0]) not in s
+    # list search goes through ==: the very object is found by identity, but passing another
+    # tensor on the way compares elementwise, which has no truth value (as in torch)
+    assert a in [a] and [a, b].index(a) == 0
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        [a, b].index(b)
+
+
+# ---- iteration ----
+
+def test_iteration_yields_views_along_dim0():
+    a = rng().standard_normal((3, 4))
+    t = pipec.tensor(a, dtype=pipec.float64)
+    rows = list(t)
+    assert len(rows) == 3
+    for i, r in enumerate(rows):
+        assert tuple(r.shape) == (4,)
+        np.testing.assert_array_equal(to_np(r), a[i])
+    rows[1].fill_(7.0)  # views: writing a row writes t
+    assert np.all(to_np(t)[1] == 7.0)
+    first, second, third = t  # unpacking
+    assert second.tolist() == [7.0] * 4
+    assert [x.item() for x in pipec.tensor([1, 2, 3])] == [1, 2, 3]
+    assert [r.tolist() for r in t.t()][0] == to_np(t)[:, 0].tolist()  # non-contiguous
+    assert list(pipec.zeros(0, 2)) == []
+
+
+def test_iteration_rows_carry_autograd():
+    x = pipec.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    total = None
+    for k, row in enumerate(x):
+        assert row.requires_grad and row.grad_fn is not None
+        total = row.sum() * (k + 1) if total is None else total + row.sum() * (k + 1)
+    total.backward()
+    np.testing.assert_array_equal(to_np(x.grad), [[1.0, 1.0], [2.0, 2.0]])
+
+
+def test_membership_is_any_element_equal():
+    t = pipec.tensor([[1.0, 2.0], [3.0, float("nan")]])
+    assert 2 in t and 3.0 in t and True not in pipec.tensor([0, 2])
+    assert 5 not in t and float("nan") not in t  # NaN equals nothing
+    assert pipec.tensor([3.0, 7.0]) in t and pipec.tensor([9.0]) not in t  # broadcast rows
+    assert 0 in pipec.tensor(0) and 1 not in pipec.zeros(0)
+    with pytest.raises(RuntimeError, match="only supports Tensor or scalar"):
+        "a" in t
+
+
+def test_iteration_over_0d_tensor_raises():
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        iter(pipec.tensor(1.0))
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        for _ in pipec.tensor(1):
+            pass
+
+
+# ---- comparisons and iteration on CUDA (same checks against the CPU result) ----
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", CMP_DTYPES, ids=CMP_DTYPE_IDS)
+@pytest.mark.parametrize("name", sorted(CMP_OPS))
+def test_cuda_compare_matches_numpy(name, dtype):
+    op, np_op = CMP_OPS[name]
+    g = rng()
+    a = _cmp_values(g, (3, 1, 4), dtype)
+    b = _cmp_values(g, (5, 4), dtype)
+    b[0] = a[0, 0]
+    for layout in LAYOUTS:
+        ta = _cmp_tensor(a, dtype, layout, "cuda", requires_grad=dtype != pipec.int64)
+        tb = _cmp_tensor(b, dtype, layout, "cuda")
+        _check_cmp(op(ta, tb), np_op(a, b), "cuda:0")
+        _check_cmp(getattr(pipec, name)(tb, ta), np_op(b, a), "cuda:0")
+        for s in (0, 0.5, -2, float("nan")):
+            _check_cmp(op(ta, s), np_op(a, s), "cuda:0")
+            _check_cmp(op(s, ta), np_op(s, a), "cuda:0")
+            _check_cmp(getattr(ta, name)(s), np_op(a, s), "cuda:0")
+
+
+@pytest.mark.cuda
+def test_cuda_compare_int64_exact_and_bool_scalars():
+    big = 2 ** 62
+    a = pipec.tensor([big, big + 1], device="cuda")
+    b = pipec.tensor([big + 1, big + 1], device="cuda")
+    _check_cmp(a < b, np.array([True, False]), "cuda:0")
+    _check_cmp(a == b, np.array([False, True]), "cuda:0")
+    m = pipec.tensor([True, False], device="cuda")
+    _check_cmp(m == 2, np.array([False, False]), "cuda:0")
+    _check_cmp(m >= 1, np.array([True, False]), "cuda:0")
+
+
+@pytest.mark.cuda
+def test_cuda_iteration_yields_cuda_views():
+    t = pipec.arange(6, dtype=pipec.float32, device="cuda").reshape(2, 3)
+    rows = list(t)
+    assert len(rows) == 2 and all(r.device == t.device for r in rows)
+    assert rows[1].tolist() == [3.0, 4.0, 5.0]
+    rows[0].fill_(-1.0)
+    assert t.cpu().tolist()[0] == [-1.0] * 3
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        iter(t.sum())

@@ -115,6 +115,8 @@ OPS = {
     "flatten": lambda m, x: m.lin(x).flatten(),
     "clone_detach": lambda m, x: x.clone() * x.detach(),
     "maximum": lambda m, x: pipec.maximum(x, m.lin(x)),
+    "compare_masks": lambda m, x: x * (m.lin(x) > x) + m.lin(x) * (0.25 >= x) * x.ge(-0.5),
+    "iterate_rows": lambda m, x: pipec.stack([r * (k + 1) for k, r in enumerate(m.lin(x))]),
     "to_float64_and_back": lambda m, x: (x.to(pipec.float64) * 2).to(pipec.float32),
     "mse_loss": lambda m, x: F.mse_loss(m.lin(x), x),
     "inplace_add_mul": _inplace_add,

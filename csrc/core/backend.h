@@ -54,7 +54,14 @@ typedef enum PcBinaryOp {
     PC_B_MUL,          /* a * b                   (int64 too) */
     PC_B_DIV,          /* a / b */
     PC_B_MAXIMUM,      /* max(a, b) */
-    PC_B_EQ,           /* 1 if a == b else 0 */
+    /* Comparisons: 1 if the relation holds else 0 (in dst's dtype; int64 too). NaN compares
+     * unequal to everything, itself included, and is ordered with nothing. */
+    PC_B_EQ,           /* a == b */
+    PC_B_NE,           /* a != b */
+    PC_B_LT,           /* a < b */
+    PC_B_LE,           /* a <= b */
+    PC_B_GT,           /* a > b */
+    PC_B_GE,           /* a >= b */
     PC_B_RELU_BWD,     /* a * (b > 0)            a = grad, b = x */
     PC_B_GELU_BWD,     /* a * gelu'(b)           a = grad, b = x */
     PC_B_TANH_BWD,     /* a * (1 - b*b)          a = grad, b = y */
@@ -185,6 +192,11 @@ typedef struct PcBackend {
                            PcTensor *const *exp_avgs, PcTensor *const *exp_avg_sqs,
                            const PcAdamWArgs *args);
 } PcBackend;
+
+/* Kernel names for messages and traces ("?" when out of range): "neg", "add_scalar", ...;
+ * "add", "eq", "relu_backward", ... */
+const char *pc_unary_op_name(PcUnaryOp op);
+const char *pc_binary_op_name(PcBinaryOp op);
 
 /* The backend for `dev`; sets an error and returns NULL when it is not built or the device
  * does not exist. */

@@ -85,25 +85,12 @@ const char *pc_call_name(const PcCall *c) {
         [PC_OPC_COPY_] = "copy_", [PC_OPC_FILL_] = "fill_", [PC_OPC_ZERO_] = "zero_",
         [PC_OPC_PYFUNC] = "custom_function",
     };
-    static const char *unary[PC_NUM_UNARY] = {
-        [PC_U_NEG] = "neg", [PC_U_ABS] = "abs", [PC_U_EXP] = "exp", [PC_U_LOG] = "log",
-        [PC_U_SQRT] = "sqrt", [PC_U_TANH] = "tanh", [PC_U_SIGMOID] = "sigmoid",
-        [PC_U_RELU] = "relu", [PC_U_GELU] = "gelu", [PC_U_POW] = "pow", [PC_U_SIGN] = "sign",
-        [PC_U_ADD_S] = "add_scalar", [PC_U_MUL_S] = "mul_scalar", [PC_U_RSUB_S] = "rsub_scalar",
-        [PC_U_RDIV_S] = "rdiv_scalar", [PC_U_GE_S] = "ge_scalar", [PC_U_GT_S] = "gt_scalar",
-    };
-    static const char *binary[PC_NUM_BINARY] = {
-        [PC_B_ADD] = "add", [PC_B_SUB] = "sub", [PC_B_MUL] = "mul", [PC_B_DIV] = "div",
-        [PC_B_MAXIMUM] = "maximum", [PC_B_EQ] = "eq", [PC_B_RELU_BWD] = "relu_backward",
-        [PC_B_GELU_BWD] = "gelu_backward", [PC_B_TANH_BWD] = "tanh_backward",
-        [PC_B_SIGMOID_BWD] = "sigmoid_backward", [PC_B_POW_BWD] = "pow_backward",
-    };
     if ((c->opc == PC_OPC_UNARY || c->opc == PC_OPC_UNARY_) && c->ints[0] >= 0 &&
         c->ints[0] < PC_NUM_UNARY)
-        return unary[c->ints[0]];
+        return pc_unary_op_name((PcUnaryOp)c->ints[0]);
     if ((c->opc == PC_OPC_BINARY || c->opc == PC_OPC_BINARY_) && c->ints[0] >= 0 &&
         c->ints[0] < PC_NUM_BINARY)
-        return binary[c->ints[0]];
+        return pc_binary_op_name((PcBinaryOp)c->ints[0]);
     if ((int)c->opc < 0 || c->opc >= PC_NUM_OPCODES) return "?";
     return names[c->opc];
 }

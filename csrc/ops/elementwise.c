@@ -2,11 +2,14 @@
  *
  * Dtypes. Each op has a compute dtype (what the backend kernel runs in) and a result dtype:
  *   - floating inputs: both are the input's (binary: pc_dtype_promote of the two), except the
- *     comparisons (PC_U_GE_S, PC_U_GT_S, PC_B_EQ), whose result is bool, as in torch;
- *   - int64/bool inputs: ops the kernels support on int64 (abs, +s, *s, add, sub, mul) run in
- *     int64; the other integer-valued ops (neg, relu, sign, pow, s-x, maximum, comparisons) run
- *     in float64 and are converted back (exact below 2^53); float-valued ops (exp, log, sqrt,
- *     tanh, sigmoid, gelu, s/x, div) give float32, as torch does. *_BWD ops are float only.
+ *     comparisons (PC_U_GE_S, PC_U_GT_S, PC_B_EQ ... PC_B_GE), whose result is bool, as in
+ *     torch;
+ *   - int64/bool inputs: ops the kernels support on int64 (abs, +s, *s, add, sub, mul and the
+ *     binary comparisons) run in int64 (comparisons exact over the whole int64 range); the
+ *     other integer-valued ops (neg, relu, sign, pow, s-x, maximum, the scalar comparisons)
+ *     run in float64 and are converted back (exact below 2^53); float-valued ops (exp, log,
+ *     sqrt, tanh, sigmoid, gelu, s/x, div) give float32, as torch does. *_BWD ops are float
+ *     only.
  *   Python scalars never change a floating tensor's dtype.
  *
  * Autograd. A differentiable op with a floating result records a node when grad mode is on
@@ -38,10 +41,6 @@ static const char *const pc_unary_op_names[PC_NUM_UNARY] = {
     "neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "gelu", "pow", "sign",
     "add", "mul", "rsub", "div", "ge", "gt"};
 
-static const char *const pc_binary_op_names[PC_NUM_BINARY] = {
-    "add", "sub", "mul", "div", "maximum", "eq", "relu_backward", "gelu_backward",
-    "tanh_backward", "sigmoid_backward", "pow_backward"};
-
 static bool pc_unary_is_compare(PcUnaryOp op) { return op == PC_U_GE_S || op == PC_U_GT_S; }
 
 static void pc_unary_dtypes(PcUnaryOp op, PcDType in, PcDType *compute, PcDType *result) {
@@ -70,12 +69,26 @@ static void pc_unary_dtypes(PcUnaryOp op, PcDType in, PcDType *compute, PcDType 
 
 static bool pc_binary_is_bwd(PcBinaryOp op) { return op >= PC_B_RELU_BWD; }
 
+static bool pc_binary_is_compare(PcBinaryOp op) {
+    switch (op) {
+    case PC_B_EQ: case PC_B_NE: case PC_B_LT: case PC_B_LE: case PC_B_GT: case PC_B_GE:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static PcStatus pc_binary_dtypes(PcBinaryOp op, PcDType da, PcDType db, PcDType *compute,
                                  PcDType *result) {
     PcDType p = pc_dtype_promote(da, db);
     if (pc_dtype_is_float(p)) {
         *compute = p;
-        *result = op == PC_B_EQ ? PC_BOOL : p;
+        *result = pc_binary_is_compare(op) ? PC_BOOL : p;
+        return PC_OK;
+    }
+    if (pc_binary_is_compare(op)) {
+        *compute = PC_INT64;
+        *result = PC_BOOL;
         return PC_OK;
     }
     switch (op) {
@@ -89,13 +102,9 @@ static PcStatus pc_binary_dtypes(PcBinaryOp op, PcDType da, PcDType db, PcDType 
         *compute = PC_FLOAT64;
         *result = p;
         return PC_OK;
-    case PC_B_EQ:
-        *compute = PC_FLOAT64;
-        *result = PC_BOOL;
-        return PC_OK;
     default:
         return pc_set_error(PC_ERR_TYPE, "%s: expected floating point tensors, got %s and %s",
-                            pc_binary_op_names[op], pc_dtype_name(da), pc_dtype_name(db));
+                            pc_binary_op_name(op), pc_dtype_name(da), pc_dtype_name(db));
     }
 }
 
@@ -598,7 +607,7 @@ static PcStatus pc_check_binary_args(const char *op, PcBinaryOp bop, PcTensor *a
 
 PcStatus pc_op_binary(PcBinaryOp op, PcTensor *a, PcTensor *b, double alpha, PcTensor **out) {
     *out = NULL;
-    const char *name = (int)op >= 0 && op < PC_NUM_BINARY ? pc_binary_op_names[op] : "binary";
+    const char *name = pc_binary_op_name(op);
     PC_TRY(pc_check_binary_args(name, op, a, b));
     const PcBackend *be = pc_be(a);
     if (!be) return PC_ERR_DEVICE;
@@ -636,9 +645,8 @@ fail:
 }
 
 PcStatus pc_op_binary_(PcBinaryOp op, PcTensor *a, PcTensor *b, double alpha) {
-    const char *base = (int)op >= 0 && op < PC_NUM_BINARY ? pc_binary_op_names[op] : "binary";
     char name[40];
-    snprintf(name, sizeof name, "%s_", base);
+    snprintf(name, sizeof name, "%s_", pc_binary_op_name(op));
     PC_TRY(pc_check_binary_args(name, op, a, b));
     PC_TRY(pc_check_inplace(name, a));
     const PcBackend *be = pc_be(a);
@@ -658,7 +666,7 @@ PcStatus pc_op_binary_(PcBinaryOp op, PcTensor *a, PcTensor *b, double alpha) {
     }
     PcDType compute, result;
     PC_TRY(pc_binary_dtypes(op, a->dtype, b->dtype, &compute, &result));
-    if (result != a->dtype && op != PC_B_EQ)
+    if (result != a->dtype && !pc_binary_is_compare(op))
         return pc_set_error(PC_ERR_TYPE, "%s: result type %s can't be cast to the desired "
                                          "output type %s", name, pc_dtype_name(result),
                             pc_dtype_name(a->dtype));

@@ -68,7 +68,8 @@ PcStatus pc_op_unary(PcUnaryOp op, PcTensor *self, double s, PcTensor **out);
 /* neg, abs, exp, log, sqrt, tanh, sigmoid, relu, gelu, pow(s) are pc_op_unary with the op;
  * the scalar forms x+s, x*s, s-x, s/x too (PC_U_ADD_S ...). */
 
-/* ---- binary with broadcasting (differentiable; PC_B_ADD/SUB use alpha) ---- */
+/* ---- binary with broadcasting (differentiable; PC_B_ADD/SUB use alpha) ----
+ * The comparisons PC_B_EQ ... PC_B_GE give a bool tensor that never requires grad. */
 PcStatus pc_op_binary(PcBinaryOp op, PcTensor *a, PcTensor *b, double alpha, PcTensor **out);
 /* In place: a = a op b (b broadcast to a's shape; the result dtype must be a's). */
 PcStatus pc_op_binary_(PcBinaryOp op, PcTensor *a, PcTensor *b, double alpha);

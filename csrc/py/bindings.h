@@ -22,6 +22,11 @@ extern PyObject *pc_py_pipeline_error;
  * outputs are new references. */
 PcStatus pc_py_call_run(PcCall *c, PcTensor **in, PcTensor **outs);
 
+/* methods.c: self (a Tensor) op other for a comparison op (PC_B_EQ ... PC_B_GE), other a
+ * Tensor or a Python number: a new reference to the bool result; Py_NotImplemented (new
+ * reference, no error) when other is neither; NULL with an exception on failure. */
+PyObject *pc_py_compare(PyObject *self, PyObject *other, PcBinaryOp op);
+
 /* methods.c: the Tensor method table and the module's op functions */
 extern PyMethodDef pc_py_tensor_methods[];
 extern PyMethodDef pc_py_op_functions[];

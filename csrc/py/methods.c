@@ -612,6 +612,55 @@ OP_ENTRY(f_pow, i_pow)
 
 /* ---- binary ---- */
 
+/* The Python number obj as a 0-d tensor on t's device, of the dtype torch gives a Python
+ * scalar beside t: t's own when t is floating; else t's for a bool (so bool stays bool),
+ * int64 for another integer, float32 for a float. 0 and a new reference in *out; 1 with no
+ * error when obj is not a number (nor a sequence); -1 with an exception. */
+static int scalar_operand(PcTensor *t, PyObject *obj, PcTensor **out) {
+    *out = NULL;
+    if (!(PyLong_Check(obj) || PyFloat_Check(obj) ||
+          (!pc_py_is_tensor(obj) && PyNumber_Check(obj) && !PySequence_Check(obj))))
+        return 1;
+    double s = PyFloat_AsDouble(obj);
+    if (s == -1.0 && PyErr_Occurred()) return -1;
+    PcDType dt = t->dtype;
+    if (!pc_dtype_is_float(dt) && !PyBool_Check(obj))
+        dt = PyLong_Check(obj) || PyIndex_Check(obj) ? PC_INT64 : PC_FLOAT32;
+    PcStatus st = pc_op_full(0, NULL, s, dt, t->device, out);
+    if (st != PC_OK) {
+        pc_py_raise(st);
+        return -1;
+    }
+    return 0;
+}
+
+/* t op other (in place: t = t op other) for a Tensor or a Python number `other`. New
+ * reference: the result (t itself in place); Py_NotImplemented, with no error, when other is
+ * neither. */
+static PyObject *binary_run(PcTensor *t, PyObject *other, PcBinaryOp op, double alpha,
+                            bool inplace) {
+    PcTensor *o, *sc = NULL, *out = NULL;
+    if (pc_py_is_tensor(other)) {
+        o = T(other);
+    } else {
+        int r = scalar_operand(t, other, &sc);
+        if (r < 0) return NULL;
+        if (r > 0) Py_RETURN_NOTIMPLEMENTED;
+        o = sc;
+    }
+    PcTensor *in[2] = {t, o};
+    PcCall c = mk(inplace ? PC_OPC_BINARY_ : PC_OPC_BINARY, 2);
+    c.ints[0] = op;
+    c.d[0] = alpha;
+    PcStatus st = call_run(&c, in, &out);
+    pc_tensor_decref(sc);
+    return done(st, out);
+}
+
+PyObject *pc_py_compare(PyObject *self, PyObject *other, PcBinaryOp op) {
+    return binary_run(T(self), other, op, 1.0, false);
+}
+
 static PyObject *binary_call(PyObject *self, PyObject *args, PyObject *kw, PcBinaryOp op,
                              const char *name, bool inplace) {
     static char *kwlist[] = {"other", "alpha", NULL};
@@ -622,57 +671,40 @@ static PyObject *binary_call(PyObject *self, PyObject *args, PyObject *kw, PcBin
         PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument 'alpha'", name);
         return NULL;
     }
-    PcStatus st;
-    PcTensor *out = NULL;
-    PcTensor *t = T(self);
-    PcTensor *o;
-    PcTensor *sc = NULL;
-    if (pc_py_is_tensor(other)) {
-        o = T(other);
-    } else {
-        double s;
-        if (PyBool_Check(other) || PyLong_Check(other) || PyFloat_Check(other) ||
-            (PyNumber_Check(other) && !PySequence_Check(other))) {
-            s = PyFloat_AsDouble(other);
-            if (s == -1.0 && PyErr_Occurred()) return NULL;
-        } else {
-            PyErr_Format(PyExc_TypeError, "%s(): argument 'other' must be a Tensor or a number, "
-                         "got %.100s", name, Py_TYPE(other)->tp_name);
-            return NULL;
-        }
-        PcDType dt = t->dtype;
-        if (!pc_dtype_is_float(dt) && PyFloat_Check(other)) dt = PC_FLOAT32;
-        st = pc_op_full(0, NULL, s, dt, t->device, &sc);
-        if (st != PC_OK) return pc_py_raise(st);
-        o = sc;
+    PyObject *r = binary_run(T(self), other, op, alpha, inplace);
+    if (r == Py_NotImplemented) {
+        Py_DECREF(r);
+        PyErr_Format(PyExc_TypeError, "%s(): argument 'other' must be a Tensor or a number, "
+                     "got %.100s", name, Py_TYPE(other)->tp_name);
+        return NULL;
     }
-    PcTensor *in[2] = {t, o};
-    PcCall c = mk(inplace ? PC_OPC_BINARY_ : PC_OPC_BINARY, 2);
-    c.ints[0] = op;
-    c.d[0] = alpha;
-    st = call_run(&c, in, &out);
-    pc_tensor_decref(sc);
-    return done(st, out);
+    return r;
 }
 
 #define BINARY_OP(fname, OP)                                                          \
     static PyObject *i_##fname(PyObject *self, PyObject *args, PyObject *kw) {        \
         return binary_call(self, args, kw, OP, #fname, false);                        \
     }                                                                                 \
-    OP_ENTRY(f_##fname, i_##fname)                                                    \
+    OP_ENTRY(f_##fname, i_##fname)
+
+#define BINARY_OP_AND_INPLACE(fname, OP)                                              \
+    BINARY_OP(fname, OP)                                                              \
     static PyObject *m_##fname##_(PyObject *self, PyObject *args, PyObject *kw) {     \
         return binary_call(self, args, kw, OP, #fname "_", true);                     \
     }
 
-BINARY_OP(add, PC_B_ADD)
-BINARY_OP(sub, PC_B_SUB)
-BINARY_OP(mul, PC_B_MUL)
-BINARY_OP(div, PC_B_DIV)
-
-static PyObject *i_maximum(PyObject *self, PyObject *args, PyObject *kw) {
-    return binary_call(self, args, kw, PC_B_MAXIMUM, "maximum", false);
-}
-OP_ENTRY(f_maximum, i_maximum)
+BINARY_OP_AND_INPLACE(add, PC_B_ADD)
+BINARY_OP_AND_INPLACE(sub, PC_B_SUB)
+BINARY_OP_AND_INPLACE(mul, PC_B_MUL)
+BINARY_OP_AND_INPLACE(div, PC_B_DIV)
+BINARY_OP(maximum, PC_B_MAXIMUM)
+/* Comparisons: bool results, never requiring grad (tensor_type.c maps ==, <, ... here). */
+BINARY_OP(eq, PC_B_EQ)
+BINARY_OP(ne, PC_B_NE)
+BINARY_OP(lt, PC_B_LT)
+BINARY_OP(le, PC_B_LE)
+BINARY_OP(gt, PC_B_GT)
+BINARY_OP(ge, PC_B_GE)
 
 /* ---- matrix products ---- */
 
@@ -1416,6 +1448,12 @@ PyMethodDef pc_py_tensor_methods[] = {
     {"mul_", (PyCFunction)(void (*)(void))m_mul_, KW, "In-place mul."},
     {"div_", (PyCFunction)(void (*)(void))m_div_, KW, "In-place div."},
     FN("maximum", f_maximum, "Elementwise maximum (not differentiable)."),
+    FN("eq", f_eq, "eq(other): self == other elementwise, a bool tensor (not differentiable)."),
+    FN("ne", f_ne, "ne(other): self != other elementwise, a bool tensor (not differentiable)."),
+    FN("lt", f_lt, "lt(other): self < other elementwise, a bool tensor (not differentiable)."),
+    FN("le", f_le, "le(other): self <= other elementwise, a bool tensor (not differentiable)."),
+    FN("gt", f_gt, "gt(other): self > other elementwise, a bool tensor (not differentiable)."),
+    FN("ge", f_ge, "ge(other): self >= other elementwise, a bool tensor (not differentiable)."),
     FN("mm", f_mm, "2-D matrix product."),
     FN("matmul", f_matmul, "Matrix product with NumPy broadcasting rules."),
     FN("addmm", f_addmm, "beta * self + alpha * (mat1 @ mat2)"),
@@ -1461,6 +1499,12 @@ PyMethodDef pc_py_op_functions[] = {
     FN("mul", f_mul, NULL),
     FN("div", f_div, NULL),
     FN("maximum", f_maximum, NULL),
+    FN("eq", f_eq, NULL),
+    FN("ne", f_ne, NULL),
+    FN("lt", f_lt, NULL),
+    FN("le", f_le, NULL),
+    FN("gt", f_gt, NULL),
+    FN("ge", f_ge, NULL),
     FN("mm", f_mm, NULL),
     FN("matmul", f_matmul, NULL),
     FN("addmm", f_addmm, NULL),

@@ -1,5 +1,5 @@
 /* tensor_type.c — the pipec.Tensor heap type: wrapper identity, dtype/device objects,
- * attributes, NumPy interop, indexing and the number protocol.
+ * attributes, NumPy interop, indexing, the number protocol and comparisons.
  *
  * Invariants:
  *   - a PcPyTensor owns one reference to its PcTensor; PcTensor.pyobj points back (borrowed)
@@ -925,6 +925,23 @@ static PyObject *nb_int(PyObject *a) {
     return PyLong_FromDouble(v);
 }
 
+/* ---- comparisons and hashing ----
+ * ==, !=, <, <=, >, >= are elementwise (bool tensors), as in torch, so `t == u` does not tell
+ * whether t and u are one object: code that means identity says `is`, id() or uses tensors
+ * as dict keys / set members (hashed by identity, found without calling ==). A Python number
+ * on the left arrives here swapped (0 < t is t > 0); any other operand gives NotImplemented
+ * (== and != then fall back to identity, the ordering operators raise TypeError). */
+
+/* New reference (the bool result or NotImplemented); NULL with an exception. */
+static PyObject *tensor_richcompare(PyObject *self, PyObject *other, int op) {
+    static const PcBinaryOp ops[] = {[Py_LT] = PC_B_LT, [Py_LE] = PC_B_LE, [Py_EQ] = PC_B_EQ,
+                                     [Py_NE] = PC_B_NE, [Py_GT] = PC_B_GT, [Py_GE] = PC_B_GE};
+    return pc_py_compare(self, other, ops[op]);
+}
+
+/* object's identity hash: defining tp_richcompare would otherwise make the type unhashable. */
+static Py_hash_t tensor_hash(PyObject *self) { return PyBaseObject_Type.tp_hash(self); }
+
 /* ---- type spec ---- */
 
 static PyMemberDef tensor_members[] = {
@@ -947,6 +964,8 @@ int pc_py_tensor_type_init(PyObject *module) {
         {Py_mp_subscript, (void *)tensor_getitem},
         {Py_mp_ass_subscript, (void *)tensor_setitem},
         {Py_mp_length, (void *)tensor_len},
+        {Py_tp_richcompare, (void *)tensor_richcompare},
+        {Py_tp_hash, (void *)tensor_hash},
         {Py_nb_add, (void *)nb_add},
         {Py_nb_subtract, (void *)nb_sub},
         {Py_nb_multiply, (void *)nb_mul},

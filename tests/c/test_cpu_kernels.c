@@ -398,6 +398,11 @@ static double binary_ref(PcBinaryOp op, double a, double b, double al) {
     case PC_B_DIV: return a / b;
     case PC_B_MAXIMUM: return isnan(a) || isnan(b) ? NAN : (a > b ? a : b);
     case PC_B_EQ: return a == b;
+    case PC_B_NE: return a != b;
+    case PC_B_LT: return a < b;
+    case PC_B_LE: return a <= b;
+    case PC_B_GT: return a > b;
+    case PC_B_GE: return a >= b;
     case PC_B_RELU_BWD: return b > 0 ? a : 0;
     case PC_B_GELU_BWD:
         return a * (0.5 * (1 + erf(b / sqrt(2.0))) + b * exp(-0.5 * b * b) / sqrt(2 * 3.14159265358979323846));
@@ -411,7 +416,11 @@ static double binary_ref(PcBinaryOp op, double a, double b, double al) {
 static void test_binary(void) {
     const int64_t shp[2] = {5, 11}, tshp[2] = {11, 5}, tstr[2] = {1, 5};
     const int64_t bshape[1] = {11}, bstr[2] = {0, 1};
-    const double alphas[PC_NUM_BINARY] = {0.5, 2.0, 1, 1, 1, 1, 1, 1, 1, 1, 3.0};
+    double alphas[PC_NUM_BINARY];
+    for (int op = 0; op < PC_NUM_BINARY; op++) alphas[op] = 1.0;
+    alphas[PC_B_ADD] = 0.5;
+    alphas[PC_B_SUB] = 2.0;
+    alphas[PC_B_POW_BWD] = 3.0;
     for (int di = 0; di < 4; di++) {
         PcDType dt = FLOATS[di];
         for (int op = 0; op < PC_NUM_BINARY; op++) {
@@ -422,7 +431,7 @@ static void test_binary(void) {
             PcTensor *bv = new_t(1, bshape, dt);
             fill_rand(bv, pos_b ? 1.0 : 2.0, pos_b ? 1.5 : 0.0);
             PcTensor *b = view(bv, 0, 2, shp, bstr); /* broadcast rows */
-            set(a, 3, get(b, 3));                     /* an equal pair for EQ / MAXIMUM */
+            set(a, 3, get(b, 3));      /* an equal pair for the comparisons / MAXIMUM */
             PcTensor *dst = new_t(2, shp, dt);
             OK(BE->binary((PcBinaryOp)op, dst, a, b, alphas[op]));
             int bad = 0;
@@ -498,6 +507,22 @@ static void test_binary(void) {
         CHECK(geti(o, 0) == -2 && geti(o, 1) == 6 && geti(o, 2) == 14, "int64 sub alpha");
         OK(BE->binary(PC_B_EQ, o, a, a, 1));
         CHECK(geti(o, 0) == 1 && geti(o, 2) == 1, "int64 eq");
+        /* the comparisons, exact where float64 is not: a = {2^62, 2^62 + 1, -2^62},
+         * b = {2^62 + 1, 2^62 + 1, -2^62 - 1} */
+        const int64_t big = (int64_t)1 << 62;
+        const int64_t av[3] = {big, big + 1, -big}, bv[3] = {big + 1, big + 1, -big - 1};
+        memcpy(pc_tensor_data(a), av, sizeof av);
+        memcpy(pc_tensor_data(b), bv, sizeof bv);
+        const struct { PcBinaryOp op; int64_t want[3]; } cmps[6] = {
+            {PC_B_EQ, {0, 1, 0}}, {PC_B_NE, {1, 0, 1}}, {PC_B_LT, {1, 0, 0}},
+            {PC_B_LE, {1, 1, 0}}, {PC_B_GT, {0, 0, 1}}, {PC_B_GE, {0, 1, 1}}};
+        for (int k = 0; k < 6; k++) {
+            OK(BE->binary(cmps[k].op, o, a, b, 1));
+            CHECK(geti(o, 0) == cmps[k].want[0] && geti(o, 1) == cmps[k].want[1] &&
+                      geti(o, 2) == cmps[k].want[2],
+                  "int64 %s: got %lld %lld %lld", pc_binary_op_name(cmps[k].op),
+                  (long long)geti(o, 0), (long long)geti(o, 1), (long long)geti(o, 2));
+        }
         PcStatus st = BE->binary(PC_B_ADD, w, a, b, 1);
         CHECK(st == PC_ERR_INVALID && strstr(pc_last_error(), "(4,)"),
               "shape mismatch message: %s", pc_last_error());

@@ -7,9 +7,9 @@
  *
  * dtypes: copy and fill take all six. unary/binary compute float32 in float, float64 in
  * double, float16/bfloat16 in float (rounded back on store). int64 is accepted for
- * NEG, ABS, SIGN, ADD_S, MUL_S, RSUB_S, GE_S, GT_S and ADD, SUB, MUL, MAXIMUM, EQ (backend.h
- * requires ABS, ADD_S, MUL_S, ADD, SUB, MUL; the rest are exact and cheap). Everything else
- * is PC_ERR_TYPE.
+ * NEG, ABS, SIGN, ADD_S, MUL_S, RSUB_S, GE_S, GT_S and ADD, SUB, MUL, MAXIMUM and the
+ * comparisons EQ ... GE (backend.h requires ABS, ADD_S, MUL_S, ADD, SUB, MUL and the
+ * comparisons; the rest are exact and cheap). Everything else is PC_ERR_TYPE.
  *
  * Exports: pc_cpu_copy, pc_cpu_fill, pc_cpu_unary, pc_cpu_binary.
  */
@@ -186,6 +186,11 @@ static void pc_ew_binary_i64(int64_t n, char *const *p, const int64_t *st, void 
         break;
     case PC_B_MAXIMUM: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, a > b ? a : b); break;
     case PC_B_EQ: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a == b)); break;
+    case PC_B_NE: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a != b)); break;
+    case PC_B_LT: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a < b)); break;
+    case PC_B_LE: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a <= b)); break;
+    case PC_B_GT: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a > b)); break;
+    case PC_B_GE: PC_BIN_LOOP(int64_t, int64_t, PC_ID, PC_ID, (int64_t)(a >= b)); break;
     default: break;
     }
 }
@@ -200,18 +205,11 @@ static bool pc_ew_unary_i64_ok(PcUnaryOp op) {
 
 static bool pc_ew_binary_i64_ok(PcBinaryOp op) {
     switch (op) {
-    case PC_B_ADD: case PC_B_SUB: case PC_B_MUL: case PC_B_MAXIMUM: case PC_B_EQ: return true;
+    case PC_B_ADD: case PC_B_SUB: case PC_B_MUL: case PC_B_MAXIMUM: case PC_B_EQ: case PC_B_NE:
+    case PC_B_LT: case PC_B_LE: case PC_B_GT: case PC_B_GE: return true;
     default: return false;
     }
 }
-
-static const char *const pc_unary_names[PC_NUM_UNARY] = {
-    "neg", "abs", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "gelu", "pow", "sign",
-    "add_scalar", "mul_scalar", "rsub_scalar", "rdiv_scalar", "ge_scalar", "gt_scalar"};
-
-static const char *const pc_binary_names[PC_NUM_BINARY] = {
-    "add", "sub", "mul", "div", "maximum", "eq", "relu_backward", "gelu_backward",
-    "tanh_backward", "sigmoid_backward", "pow_backward"};
 
 /* ---- unary / binary ---- */
 
@@ -219,7 +217,7 @@ PcStatus pc_cpu_unary(PcUnaryOp op, PcTensor *dst, const PcTensor *src, double s
     if ((int)op < 0 || op >= PC_NUM_UNARY)
         return pc_set_error(PC_ERR_INVALID, "unary: unknown op %d", (int)op);
     char name[48];
-    snprintf(name, sizeof name, "unary %s", pc_unary_names[op]);
+    snprintf(name, sizeof name, "unary %s", pc_unary_op_name(op));
     PC_TRY(pc_cpu_check_same_shape(name, "dst", dst, "src", src));
     PC_TRY(pc_cpu_check_dtype(name, "src", src, dst->dtype));
     PcInnerLoop fn;
@@ -247,7 +245,7 @@ PcStatus pc_cpu_binary(PcBinaryOp op, PcTensor *dst, const PcTensor *a, const Pc
     if ((int)op < 0 || op >= PC_NUM_BINARY)
         return pc_set_error(PC_ERR_INVALID, "binary: unknown op %d", (int)op);
     char name[48];
-    snprintf(name, sizeof name, "binary %s", pc_binary_names[op]);
+    snprintf(name, sizeof name, "binary %s", pc_binary_op_name(op));
     PC_TRY(pc_cpu_check_same_shape(name, "dst", dst, "a", a));
     PC_TRY(pc_cpu_check_same_shape(name, "dst", dst, "b", b));
     PC_TRY(pc_cpu_check_dtype(name, "a", a, dst->dtype));

@@ -85,6 +85,11 @@ static void PC_EW_NAME(pc_ew_binary_)(int64_t n, char *const *p, const int64_t *
         PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a != a ? a : (a > b ? a : b));
         break;
     case PC_B_EQ: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a == b ? one : zero); break;
+    case PC_B_NE: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a != b ? one : zero); break;
+    case PC_B_LT: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a < b ? one : zero); break;
+    case PC_B_LE: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a <= b ? one : zero); break;
+    case PC_B_GT: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a > b ? one : zero); break;
+    case PC_B_GE: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, a >= b ? one : zero); break;
     case PC_B_RELU_BWD: PC_BIN_LOOP(PC_T, PC_C, PC_LD, PC_ST, b > zero ? a : zero); break;
     case PC_B_GELU_BWD:
         /* gelu'(x) = Phi(x) + x * phi(x) */

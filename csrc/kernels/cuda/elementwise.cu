@@ -51,7 +51,8 @@ constexpr bool pc_unary_int_ok(int op) {
 }
 constexpr bool pc_binary_int_ok(int op) {
     return op == PC_B_ADD || op == PC_B_SUB || op == PC_B_MUL || op == PC_B_MAXIMUM ||
-           op == PC_B_EQ;
+           op == PC_B_EQ || op == PC_B_NE || op == PC_B_LT || op == PC_B_LE || op == PC_B_GT ||
+           op == PC_B_GE;
 }
 
 template <typename Acc, int OP> struct PcUnaryFn {
@@ -90,6 +91,11 @@ template <typename Acc, int OP> struct PcBinaryFn {
         else if constexpr (OP == PC_B_DIV) return a / b;
         else if constexpr (OP == PC_B_MAXIMUM) return (a > b || a != a) ? a : b;
         else if constexpr (OP == PC_B_EQ) return a == b ? Acc(1) : Acc(0);
+        else if constexpr (OP == PC_B_NE) return a != b ? Acc(1) : Acc(0);
+        else if constexpr (OP == PC_B_LT) return a < b ? Acc(1) : Acc(0);
+        else if constexpr (OP == PC_B_LE) return a <= b ? Acc(1) : Acc(0);
+        else if constexpr (OP == PC_B_GT) return a > b ? Acc(1) : Acc(0);
+        else if constexpr (OP == PC_B_GE) return a >= b ? Acc(1) : Acc(0);
         else if constexpr (OP == PC_B_RELU_BWD) return b > Acc(0) ? a : Acc(0);
         else if constexpr (OP == PC_B_GELU_BWD) return a * pc_gelu_grad(b);
         else if constexpr (OP == PC_B_TANH_BWD) return a * (Acc(1) - b * b);
@@ -384,7 +390,8 @@ static PcStatus pc_binary_typed(PcCudaExec &ex, PcBinaryOp op, PcTensor *dst, co
     switch (op) {
 #define PC_B_(name) case name: return pc_binary_launch<T, name>(ex, dst, a, b, alpha);
         PC_B_(PC_B_ADD) PC_B_(PC_B_SUB) PC_B_(PC_B_MUL) PC_B_(PC_B_DIV) PC_B_(PC_B_MAXIMUM)
-        PC_B_(PC_B_EQ) PC_B_(PC_B_RELU_BWD) PC_B_(PC_B_GELU_BWD) PC_B_(PC_B_TANH_BWD)
+        PC_B_(PC_B_EQ) PC_B_(PC_B_NE) PC_B_(PC_B_LT) PC_B_(PC_B_LE) PC_B_(PC_B_GT)
+        PC_B_(PC_B_GE) PC_B_(PC_B_RELU_BWD) PC_B_(PC_B_GELU_BWD) PC_B_(PC_B_TANH_BWD)
         PC_B_(PC_B_SIGMOID_BWD) PC_B_(PC_B_POW_BWD)
 #undef PC_B_
     default:
