@@ -303,6 +303,11 @@ def test_merge_replicate_keeps_one_value():
     assert out.shape == (3, 3) and rw is w and cfg == "cfg"
     with pytest.raises(ValueError, match="replicated"):
         merge_chunks([(1,), (2,)], (_Replicate,))
+    # a tensor where chunk 0 holds a number differs, even one equal in value (== on tensors
+    # is elementwise, so it must not decide this)
+    for other in (pipec.tensor(1), pipec.tensor([1, 1])):
+        with pytest.raises(ValueError, match="replicated"):
+            merge_chunks([(1,), (other,)], (_Replicate,))
 
 
 # ---- errors ----

@@ -320,6 +320,10 @@ def split_args_kwargs_into_chunks(args, kwargs, chunks, args_chunk_spec=None,
 def _values_equal(a, b):
     if a is b:
         return True
+    if pipec.is_tensor(a) or pipec.is_tensor(b):
+        # never ask ==: it is elementwise for tensors, and a 1-element tensor would pass as
+        # equal to the number chunk 0 holds
+        return False
     try:
         return bool(a == b)
     except Exception:  # an __eq__ that does not give a truth value: cannot tell, accept
