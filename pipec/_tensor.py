@@ -407,8 +407,8 @@ def _contains(self, element):
     """torch's rule: whether any element of self equals ``element`` (a number, or a tensor
     that broadcasts against self). Without it `x in t` would iterate and compare rows."""
     if not isinstance(element, (Tensor, int, builtins.float)):
-        raise RuntimeError("Tensor.__contains__ only supports Tensor or scalar, but you "
-                           f"passed in a {type(element).__name__}.")
+        raise RuntimeError("`x in tensor` needs x to be a tensor or a number, got "
+                           f"{type(element).__name__}")
     return (self == element).to(int64).sum().item() > 0
 
 
