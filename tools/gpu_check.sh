@@ -95,6 +95,8 @@ if [ $built = 1 ] && wants group; then
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
         -k "not test_large_messages_nccl and not test_crossing_transfers"
     step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+    # Tensor comparisons' CUDA kernels (the comparisons came with the grouping, unrun on a GPU)
+    step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
 fi
 if [ $built = 1 ] && wants all; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
