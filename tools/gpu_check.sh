@@ -15,7 +15,8 @@
 # killed and a silent rank), and bench/pipeline_mp.py on the small config and bench/p2p.py
 # next to torch (the scripts and pipec's correctness column; the times mean nothing with a
 # shared GPU).
-# wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on.
+# wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on
+# (wgradq: its GPU tests and large_bf16 1F1B only, off/on twice).
 # group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
 # first with grouping off (PIPEC_NCCL_GROUP=0; diagnosing, not counted: the crossing order
 # is expected to deadlock and time out, 1F1B's lowered order not), then the crossing order
@@ -62,6 +63,19 @@ if [ $built = 1 ] && wants nccl; then
         --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
     step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+fi
+if [ $built = 1 ] && wants wgradq; then
+    # a shorter wgrad: its GPU tests, then large_bf16 1F1B with batching off and on
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step wgrad_tests wgrad_tests.log timeout 200 env PIPEC_WGRAD_BATCH_ROWS=1024 "$PY" -m pytest \
+        -q -m "cuda or nccl_ranks" tests/test_wgrad_batch.py tests/test_schedule_multiproc.py \
+        -k "wgrad" -rs
+    for rows in 0 1024 0 1024; do
+        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 100 "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
+            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+        grep "| 1F1B" "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+    done
 fi
 if [ $built = 1 ] && wants wgrad; then
     # weight-gradient batching: its numerics on the GPU, then the pipelines with it off and on
