@@ -16,7 +16,7 @@
 # next to torch (the scripts and pipec's correctness column; the times mean nothing with a
 # shared GPU).
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on
-# (wgradq: its GPU tests and large_bf16 1F1B only, off/on twice).
+# (wgradq: its GPU tests and large_bf16 1F1B only, off then on).
 # group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
 # first with grouping off (PIPEC_NCCL_GROUP=0; diagnosing, not counted: the crossing order
 # is expected to deadlock and time out, 1F1B's lowered order not), then the crossing order
@@ -70,7 +70,7 @@ if [ $built = 1 ] && wants wgradq; then
     step wgrad_tests wgrad_tests.log timeout 200 env PIPEC_WGRAD_BATCH_ROWS=1024 "$PY" -m pytest \
         -q -m "cuda or nccl_ranks" tests/test_wgrad_batch.py tests/test_schedule_multiproc.py \
         -k "wgrad" -rs
-    for rows in 0 1024 0 1024; do
+    for rows in 0 1024; do
         step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 100 "$PY" bench/pipeline.py \
             --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
             --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
