@@ -92,6 +92,12 @@ if [ $built = 1 ] && wants wgrad; then
 fi
 if [ $built = 1 ] && wants group; then
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    # most important first (a short device budget may cut the tail)
+    step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
+        --durations=8 -rs
+    # Tensor comparisons' CUDA kernels (merged with the grouping, not yet run on a GPU)
+    step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
     # diagnosing, not counted; NCCL_MAX_P2P_NCHANNELS=1 keeps NCCL's buffering per peer
     # (chunk x 8 steps x channels) far below the 32 MiB messages on any transport
     for t in "test_crossing_transfers[nccl-8192]" "test_large_messages_nccl[1F1B]"; do
@@ -102,15 +108,10 @@ if [ $built = 1 ] && wants group; then
         echo "== group_off: exit $?" | tee -a "$LOGDIR/summary.txt"
         grep -E "^(PASSED|FAILED)|did not complete|timed out" "$LOGDIR/group_off.log" | tail -n 3
     done
-    step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
-        tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
-        --durations=8 -rs
     step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
         -k "not test_large_messages_nccl and not test_crossing_transfers"
     step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
-    # Tensor comparisons' CUDA kernels (the comparisons came with the grouping, unrun on a GPU)
-    step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
 fi
 if [ $built = 1 ] && wants all; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
