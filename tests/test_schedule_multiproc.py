@@ -571,7 +571,7 @@ def case_large_messages(schedule, n, d, rows):
 # send and its receive from the other rank are adjacent and cross (rank 0 sends F1 before it
 # receives B0; rank 1 sends B0 before it receives F1). With messages too large for NCCL's
 # buffers, each send waits for its receive, which the other rank queued behind its own send:
-# only issuing the pair as one group (nccl.c) lets both progress.
+# only issuing each send with the receive after it as one group (nccl.c) lets both progress.
 CROSSING_ORDER = [
     ["0F0", "0SEND_F0", "0F1", "0SEND_F1", "0RECV_B0", "0B0", "0RECV_B1", "0B1"],
     ["1RECV_F0", "1F0", "1B0", "1SEND_B0", "1RECV_F1", "1F1", "1B1", "1SEND_B1"]]

@@ -17,7 +17,7 @@
 # shared GPU).
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on
 # (wgradq: its GPU tests and large_bf16 1F1B only, off then on).
-# group: NCCL's grouped transfers (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
+# group: NCCL's send/receive pairs (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
 # first with grouping off (PIPEC_NCCL_GROUP=0; diagnosing, not counted: the crossing order
 # is expected to deadlock and time out, 1F1B's lowered order not), then the crossing order
 # and every schedule with it on, the whole nccl_ranks suite, and bench/p2p.py next to torch.

@@ -46,12 +46,12 @@ typedef struct PcCommOps {
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
     PcStatus (*recv_wait)(PcComm *c, void *req);
     void (*recv_drop)(PcComm *c, void *req);
-    /* send and recv_post may hold their transfers back and issue them together at the next
-     * flush (NCCL: one ncclGroupStart/End group, so a send and a receive between the same
-     * two ranks progress together instead of one waiting for the other); every other
-     * operation, recv_wait included, flushes first. Callers flush before they block on
-     * anything else (the runtime: before each compute action). NULL when nothing is held
-     * (TCP). */
+    /* send (and recv_post) may hold a transfer back until the next operation or flush
+     * (NCCL: a send is held so that a receive from the same peer right after it goes in one
+     * ncclGroupStart/End group, the two progressing together instead of one waiting for
+     * the other); every other operation, recv_wait included, flushes first. Callers flush
+     * before they block on anything else (the runtime: before each compute action). NULL
+     * when nothing is held (TCP). */
     PcStatus (*flush)(PcComm *c);
     /* Wait (within timeout_s) until every transfer this rank queued has finished; NULL when
      * operations complete before they return (TCP). */

@@ -9,15 +9,19 @@
  *     does not reuse it before the transfer finished;
  *   - NCCL matches point-to-point operations per peer in posting order; tags are checked by
  *     the callers' schedule, not by NCCL;
- *   - sends and posted receives are held in `pend` and issued together, as one
- *     ncclGroupStart/End group, at the next flush (the runtime flushes before each compute
- *     action; every other operation, a receive's wait and the end of a step flush first).
- *     NCCL runs one communicator's kernels one after another, so without the group a send
- *     larger than NCCL's buffers, queued ahead of a receive from the same peer while that
- *     peer did the same, would wait forever for a receive queued behind it (1F1B's steady
- *     state: SEND_F next to RECV_B on one rank, SEND_B next to RECV_F on the other); in one
- *     group both progress together. A held operation keeps its tensor (and a receive its
- *     request) referenced until it is issued;
+ *   - a send is held back (`pend`) until the next operation: when that is a receive from
+ *     the same peer, the two are issued as one ncclGroupStart/End group, so they progress
+ *     together; anything else issues the send by itself first. NCCL runs a communicator's
+ *     kernels one after another and a send larger than its buffers waits for its receive,
+ *     so two ranks that each send and then receive from the other would otherwise each wait
+ *     for a receive queued behind their own send (a custom order can do that; the built-in
+ *     lowered orders do not). Only such a pair is grouped: NCCL runs a group's operations
+ *     with one peer in rounds (k-th send with k-th receive), so a wider group can make an
+ *     operation wait for one posted after it, and DualPipeV's lowered order then deadlocks
+ *     (seen on a GPU; tests/test_nccl_ordering.py models it). The pair only drops the
+ *     receive's wait for the send, so it cannot add a deadlock. The runtime flushes before
+ *     each compute action and user callback; every other operation flushes first. A held
+ *     send keeps its tensor referenced until issued;
  *   - creation waits in the store for every rank first, so a missing rank is a timeout that
  *     names it, not a hang inside ncclCommInitRank; point-to-point connections to every peer
  *     are made then too (a grouped exchange), so the first pipeline step is not slow;
@@ -82,9 +86,9 @@ typedef struct NcclComm {
     atomic_ullong wd_tail;             /* next free slot (issuer advances, under io_mu) */
     atomic_bool wd_blind;              /* an operation went unwatched: nc_sync times itself */
     /* point-to-point operations held for the next group (under io_mu) */
-    struct NcPending *pend;
+    struct NcPending *pend; /* a held send, then at most the operation that issues it */
     int n_pend, cap_pend;
-    bool no_group; /* PIPEC_NCCL_GROUP=0: each transfer by itself (diagnosing only) */
+    bool no_group; /* PIPEC_NCCL_GROUP=0: nothing held or grouped (diagnosing only) */
 } NcclComm;
 
 /* Split receive: the transfer is enqueued on the comm stream when its group is issued; an
@@ -106,10 +110,7 @@ typedef struct NcPending {
     NcclRecvReq *req;   /* receives: one reference */
 } NcPending;
 
-/* Held operations that make the next call issue the group. A pipeline holds a handful
- * between two compute actions; a larger run would be split here, which could separate a
- * send from the receive it crosses. */
-#define NC_MAX_GROUP 256
+
 
 #define NC(c) ((NcclComm *)(c))
 
@@ -445,31 +446,40 @@ static NcPending *take_pending(NcclComm *c, int *n) {
     return ops;
 }
 
-/* Issues the held operations as one group (io_mu held by the caller, through wd_begin):
- * every one is issued or, when the group fails, the communicator is aborted (a peer would
- * otherwise wait for transfers that never come). Empties `pend` either way. */
-static PcStatus issue_pending(NcclComm *c, long long slot) {
-    int n;
-    NcPending *ops = take_pending(c, &n);
-    ncclResult_t r = ncclGroupStart();
-    for (int i = 0; r == ncclSuccess && i < n; i++) {
-        NcPending *p = &ops[i];
-        void *data = pc_tensor_data(p->t);
-        size_t count = (size_t)pc_tensor_numel(p->t);
-        r = p->req ? ncclRecv(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream)
-                   : ncclSend(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream);
-    }
-    ncclResult_t r2 = ncclGroupEnd();
-    if (r == ncclSuccess) r = r2;
+static ncclResult_t issue_one(NcclComm *c, const NcPending *p) {
+    void *data = pc_tensor_data(p->t);
+    size_t count = (size_t)pc_tensor_numel(p->t);
+    return p->req ? ncclRecv(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream)
+                  : ncclSend(data, count, p->dt, p->peer, c->comm, (cudaStream_t)c->stream);
+}
+
+/* Issues ops[0..n) in posting order (io_mu held, through wd_begin; released here): a send
+ * directly followed by a receive from the same peer as one group, everything else by
+ * itself (see the header). Every one is issued or, when NCCL fails, the communicator is
+ * aborted (a peer would otherwise wait for transfers that never come). */
+static PcStatus issue_ops(NcclComm *c, long long slot, NcPending *ops, int n) {
+    ncclResult_t r = ncclSuccess;
     PcStatus st = PC_OK;
     for (int i = 0; i < n && r == ncclSuccess && st == PC_OK; i++) {
-        if (!ops[i].req) continue;
-        st = pc_cuda_event_record(ops[i].req->event, c->stream);
-        if (st == PC_OK) atomic_store(&ops[i].req->issued, true);
+        bool pair = !ops[i].req && i + 1 < n && ops[i + 1].req && ops[i + 1].peer == ops[i].peer;
+        if (pair) {
+            r = ncclGroupStart();
+            if (r == ncclSuccess) r = issue_one(c, &ops[i]);
+            if (r == ncclSuccess) r = issue_one(c, &ops[++i]);
+            ncclResult_t r2 = ncclGroupEnd();
+            if (r == ncclSuccess) r = r2;
+        } else {
+            r = issue_one(c, &ops[i]);
+        }
+        /* a receive's event follows its own kernel (or its pair's group) */
+        if (r == ncclSuccess && ops[i].req) {
+            st = pc_cuda_event_record(ops[i].req->event, c->stream);
+            if (st == PC_OK) atomic_store(&ops[i].req->issued, true);
+        }
     }
     wd_end(c, slot, r == ncclSuccess);
     release_ops(ops, n);
-    if (r != ncclSuccess) st = nccl_fail(r, "grouped ncclSend/ncclRecv", __FILE__, __LINE__);
+    if (r != ncclSuccess) st = nccl_fail(r, "ncclSend/ncclRecv", __FILE__, __LINE__);
     if (st != PC_OK) {
         char why[200];
         snprintf(why, sizeof why, "issuing %s", pc_last_error());
@@ -487,11 +497,12 @@ static void drop_pending(NcclComm *c) {
     release_ops(ops, n);
 }
 
-/* Issues what is held (nothing to do when nothing is). */
-static PcStatus nc_flush(PcComm *cm) {
-    NcclComm *c = NC(cm);
+/* Issues what is held; with keep_send, a send held last stays held (it may pair with the
+ * next operation). */
+static PcStatus issue_held(NcclComm *c, bool keep_send) {
     pthread_mutex_lock(&c->io_mu);
-    bool any = c->n_pend > 0;
+    bool keep = keep_send && c->n_pend > 0 && !c->pend[c->n_pend - 1].req;
+    bool any = c->n_pend > (keep ? 1 : 0);
     pthread_mutex_unlock(&c->io_mu);
     if (!any) return PC_OK;
     long long slot;
@@ -500,10 +511,23 @@ static PcStatus nc_flush(PcComm *cm) {
         drop_pending(c);
         return st;
     }
-    return issue_pending(c, slot); /* releases io_mu */
+    int n;
+    NcPending *ops = take_pending(c, &n);
+    if (keep && n > 0 && !ops[n - 1].req) { /* the held send goes back */
+        c->pend = malloc(sizeof *c->pend);
+        if (c->pend) {
+            c->pend[0] = ops[--n];
+            c->n_pend = c->cap_pend = 1;
+        } /* out of memory: issue it now instead */
+        else n++;
+    }
+    return issue_ops(c, slot, ops, n); /* releases io_mu */
 }
 
-/* Holds a send (req NULL) or a receive for the next group; a full group is issued now. */
+static PcStatus nc_flush(PcComm *cm) { return issue_held(NC(cm), false); }
+
+/* Holds a send (req NULL) or a receive; issues what can go now: a receive at once (with
+ * the send held before it, paired or not), a send only when the next operation comes. */
 static PcStatus hold(NcclComm *c, int peer, const PcTensor *t, ncclDataType_t dt,
                      NcclRecvReq *req) {
     if (peer < 0 || peer >= c->base.world || peer == c->base.rank)
@@ -517,10 +541,9 @@ static PcStatus hold(NcclComm *c, int peer, const PcTensor *t, ncclDataType_t dt
         if (req) atomic_fetch_add(&req->refs, 1);
         c->pend[c->n_pend++] = (NcPending){peer, dt, (PcTensor *)t, req};
     }
-    bool full = c->n_pend >= NC_MAX_GROUP || c->no_group;
     pthread_mutex_unlock(&c->io_mu);
     PC_TRY(st);
-    return full ? nc_flush(&c->base) : PC_OK;
+    return issue_held(c, !req && !c->no_group);
 }
 
 static PcStatus nc_send(PcComm *cm, int peer, uint64_t tag, const PcTensor *t) {

@@ -1000,11 +1000,10 @@ static PcStatus wait_grads(PcRuntime *rt, int s, int m) {
 
 /* ---- compute actions ---- */
 
-/* Issues the transfers the communicator holds back (comm.h: NCCL groups the sends and
- * receives posted since the last flush). Runs before each leaf action that is not a
- * transfer, before user callbacks (loss, dW) and before the end-of-step work: compute or
- * user code may block the host while the peer waits for a held send. Consecutive SEND/RECV
- * actions so form one group. */
+/* Issues the transfer the communicator holds back (comm.h: NCCL holds a send, to pair it
+ * with a receive from the same peer that follows). Runs before each leaf action that is
+ * not a transfer, before user callbacks (loss, dW) and before the end-of-step work:
+ * compute or user code may block the host while the peer waits for a held send. */
 static PcStatus comm_flush(PcRuntime *rt) {
     return rt->comm && rt->comm->ops->flush ? rt->comm->ops->flush(rt->comm) : PC_OK;
 }
