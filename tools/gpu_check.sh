@@ -2,7 +2,7 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl|wgrad|group ...]      (default: all; several modes
+#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off ...]      (default: all; several modes
 #     run one after another with one build)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
@@ -17,10 +17,12 @@
 # shared GPU).
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on
 # (wgradq: its GPU tests and large_bf16 1F1B only, off then on).
-# group: NCCL's send/receive pairs (nccl.c) with two ranks sharing this GPU, 32 MiB messages:
-# first with grouping off (PIPEC_NCCL_GROUP=0; diagnosing, not counted: the crossing order
-# is expected to deadlock and time out, 1F1B's lowered order not), then the crossing order
-# and every schedule with it on, the whole nccl_ranks suite, and bench/p2p.py next to torch.
+# group: NCCL's send/receive pairs (nccl.c) with two ranks sharing this GPU: 32 MiB messages
+# through the crossing order and every schedule, the Tensor CUDA tests, the whole nccl_ranks
+# suite, and bench/p2p.py next to torch.
+# group_off: the same large-message cases with grouping off (PIPEC_NCCL_GROUP=0; diagnosing,
+# not counted: the crossing order is expected to deadlock and time out, 1F1B's lowered order
+# not; bench/results/nccl_grouping_H200.md has the 2026-12-07 run).
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -98,6 +100,12 @@ if [ $built = 1 ] && wants group; then
         --durations=8 -rs
     # Tensor comparisons' CUDA kernels (merged with the grouping, not yet run on a GPU)
     step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
+    step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
+        --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
+        -k "not test_large_messages_nccl and not test_crossing_transfers"
+    step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+fi
+if [ $built = 1 ] && wants group_off; then
     # diagnosing, not counted; NCCL_MAX_P2P_NCHANNELS=1 keeps NCCL's buffering per peer
     # (chunk x 8 steps x channels) far below the 32 MiB messages on any transport
     for t in "test_crossing_transfers[nccl-8192]" "test_large_messages_nccl[1F1B]"; do
@@ -108,10 +116,6 @@ if [ $built = 1 ] && wants group; then
         echo "== group_off: exit $?" | tee -a "$LOGDIR/summary.txt"
         grep -E "^(PASSED|FAILED)|did not complete|timed out" "$LOGDIR/group_off.log" | tail -n 3
     done
-    step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
-        --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
-        -k "not test_large_messages_nccl and not test_crossing_transfers"
-    step p2p p2p.log timeout 90 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
 if [ $built = 1 ] && wants all; then
     step tests tests.log "$PY" -m pytest -q -m "cuda or multigpu" tests -rs
