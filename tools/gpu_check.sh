@@ -98,7 +98,7 @@ if [ $built = 1 ] && wants group; then
     step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
         tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
         --durations=8 -rs
-    # Tensor comparisons' CUDA kernels (merged with the grouping, not yet run on a GPU)
+    # Tensor comparisons' CUDA kernels
     step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
     step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
