@@ -257,7 +257,10 @@ CROSSING = [["0F0", "0SEND_F0", "0F1", "0SEND_F1", "0RECV_B0", "0B0", "0RECV_B1"
 
 @pytest.mark.parametrize("name,pp,n", _cases())
 def test_paired_sends_and_receives_cannot_deadlock(name, pp, n):
-    """nccl.c's grouping, on every schedule's lowered order."""
+    """nccl.c's grouping, on every schedule's lowered order. (A pair's graph is the
+    one-by-one graph less the receive's wait for its send, so this follows from the
+    one-by-one check above; it is kept as the check of the model's rounds, which
+    test_the_grouping_model shows matter.)"""
     orders, mapping = lowered(name, pp, n)
     stuck = stuck_nodes(grouped_graph(orders, mapping, "pairs"))
     assert not stuck, f"{name} pp={pp} n={n}: e.g. {sorted(stuck)[:6]}"

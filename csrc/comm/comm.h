@@ -46,7 +46,7 @@ typedef struct PcCommOps {
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
     PcStatus (*recv_wait)(PcComm *c, void *req);
     void (*recv_drop)(PcComm *c, void *req);
-    /* send (and recv_post) may hold a transfer back until the next operation or flush
+    /* send may hold its transfer back until the next operation or flush
      * (NCCL: a send is held so that a receive from the same peer right after it goes in one
      * ncclGroupStart/End group, the two progressing together instead of one waiting for
      * the other); every other operation, recv_wait included, flushes first. Callers flush

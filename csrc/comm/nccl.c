@@ -91,13 +91,13 @@ typedef struct NcclComm {
     bool no_group; /* PIPEC_NCCL_GROUP=0: nothing held or grouped (diagnosing only) */
 } NcclComm;
 
-/* Split receive: the transfer is enqueued on the comm stream when its group is issued; an
- * event recorded after the group lets the wait order the caller's current stream behind it
- * without blocking the host. Two owners while held (the caller and `pend`): dropped when
- * both let go, so a request abandoned before its group was issued stays valid until then. */
+/* Split receive: the transfer is enqueued on the comm stream when it is posted (after a
+ * held send, or in one group with it); an event recorded after it lets the wait order the
+ * caller's current stream behind it without blocking the host. Two owners while in `pend`
+ * (the caller and `pend`): freed when both let go. */
 typedef struct NcclRecvReq {
     atomic_int refs;
-    atomic_bool issued; /* its group was issued and `event` recorded after it */
+    atomic_bool issued; /* it was issued and `event` recorded after it */
     void *event;
     PcTensor *t; /* owned reference: the buffer lives until the request is freed */
 } NcclRecvReq;
@@ -464,10 +464,12 @@ static PcStatus issue_ops(NcclComm *c, long long slot, NcPending *ops, int n) {
         bool pair = !ops[i].req && i + 1 < n && ops[i + 1].req && ops[i + 1].peer == ops[i].peer;
         if (pair) {
             r = ncclGroupStart();
-            if (r == ncclSuccess) r = issue_one(c, &ops[i]);
-            if (r == ncclSuccess) r = issue_one(c, &ops[++i]);
-            ncclResult_t r2 = ncclGroupEnd();
-            if (r == ncclSuccess) r = r2;
+            if (r == ncclSuccess) {
+                r = issue_one(c, &ops[i]);
+                if (r == ncclSuccess) r = issue_one(c, &ops[++i]);
+                ncclResult_t r2 = ncclGroupEnd();
+                if (r == ncclSuccess) r = r2;
+            }
         } else {
             r = issue_one(c, &ops[i]);
         }
@@ -515,11 +517,10 @@ static PcStatus issue_held(NcclComm *c, bool keep_send) {
     NcPending *ops = take_pending(c, &n);
     if (keep && n > 0 && !ops[n - 1].req) { /* the held send goes back */
         c->pend = malloc(sizeof *c->pend);
-        if (c->pend) {
+        if (c->pend) { /* out of memory: it stays in ops and is issued now instead */
             c->pend[0] = ops[--n];
             c->n_pend = c->cap_pend = 1;
-        } /* out of memory: issue it now instead */
-        else n++;
+        }
     }
     return issue_ops(c, slot, ops, n); /* releases io_mu */
 }
@@ -586,7 +587,7 @@ static PcStatus nc_recv_wait(PcComm *cm, void *req) {
     NcclComm *c = NC(cm);
     NcclRecvReq *r = req;
     void *cur;
-    PcStatus st = nc_flush(cm); /* the receive may still be held */
+    PcStatus st = nc_flush(cm); /* a send held after the receive goes now */
     /* dropped unissued (another thread's flush failed, or an abort): its buffer is empty */
     if (st == PC_OK && !atomic_load(&r->issued))
         st = atomic_load(&c->aborted) ? aborted_error(c, "recv")
