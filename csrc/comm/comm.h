@@ -40,14 +40,13 @@ typedef struct PcCommOps {
      * recv_drop abandons it; either frees the request. Asynchronous backends (NCCL) enqueue
      * the transfer, in posting order, at post time or at the next flush (below); the TCP
      * backend, which buffers early arrivals, receives at wait time, which gives the same
-     * result. t stays referenced by
-     * the request until it is freed. recv_drop must not use `c` (it may be NULL: a request
-     * can outlive its communicator). */
+     * result. t stays referenced by the request until it is freed. recv_drop must not use
+     * `c` (it may be NULL: a request can outlive its communicator). */
     PcStatus (*recv_post)(PcComm *c, int peer, uint64_t tag, PcTensor *t, void **req);
     PcStatus (*recv_wait)(PcComm *c, void *req);
     void (*recv_drop)(PcComm *c, void *req);
-    /* send may hold its transfer back until the next operation or flush
-     * (NCCL: a send is held so that a receive from the same peer right after it goes in one
+    /* send may hold its transfer back until the next operation or flush (NCCL: a send is
+     * held so that a receive from the same peer right after it goes in one
      * ncclGroupStart/End group, the two progressing together instead of one waiting for
      * the other); every other operation, recv_wait included, flushes first. Callers flush
      * before they block on anything else (the runtime: before each compute action). NULL

@@ -65,6 +65,25 @@
 
 #define WD_RING 1024 /* operations in flight the watchdog can follow; more wait for a slot */
 
+/* Split receive: the transfer is enqueued on the comm stream when it is posted (after a
+ * held send, or in one group with it); an event recorded after it lets the wait order the
+ * caller's current stream behind it without blocking the host. Two owners while in `pend`
+ * (the caller and `pend`): freed when both let go. */
+typedef struct NcclRecvReq {
+    atomic_int refs;
+    atomic_bool issued; /* it was issued and `event` recorded after it */
+    void *event;
+    PcTensor *t; /* owned reference: the buffer lives until the request is freed */
+} NcclRecvReq;
+
+/* A held send (req NULL) or receive. */
+typedef struct NcPending {
+    int peer;
+    ncclDataType_t dt;
+    PcTensor *t;        /* owned reference */
+    NcclRecvReq *req;   /* receives: one reference */
+} NcPending;
+
 typedef struct NcclComm {
     PcComm base;
     ncclComm_t comm;
@@ -85,30 +104,12 @@ typedef struct NcclComm {
     atomic_ullong wd_head;             /* oldest unfinished operation (watchdog advances) */
     atomic_ullong wd_tail;             /* next free slot (issuer advances, under io_mu) */
     atomic_bool wd_blind;              /* an operation went unwatched: nc_sync times itself */
-    /* point-to-point operations held for the next group (under io_mu) */
-    struct NcPending *pend; /* a held send, then at most the operation that issues it */
-    int n_pend, cap_pend;
+    /* a held send, then at most the operation that issues it (under io_mu) */
+    NcPending pend[2];
+    int n_pend;
     bool no_group; /* PIPEC_NCCL_GROUP=0: nothing held or grouped (diagnosing only) */
 } NcclComm;
 
-/* Split receive: the transfer is enqueued on the comm stream when it is posted (after a
- * held send, or in one group with it); an event recorded after it lets the wait order the
- * caller's current stream behind it without blocking the host. Two owners while in `pend`
- * (the caller and `pend`): freed when both let go. */
-typedef struct NcclRecvReq {
-    atomic_int refs;
-    atomic_bool issued; /* it was issued and `event` recorded after it */
-    void *event;
-    PcTensor *t; /* owned reference: the buffer lives until the request is freed */
-} NcclRecvReq;
-
-/* A held send (req NULL) or receive. */
-typedef struct NcPending {
-    int peer;
-    ncclDataType_t dt;
-    PcTensor *t;        /* owned reference */
-    NcclRecvReq *req;   /* receives: one reference */
-} NcPending;
 
 
 
@@ -434,16 +435,14 @@ static void release_ops(NcPending *ops, int n) {
         pc_tensor_decref(ops[i].t); /* the allocator keeps it for the comm stream */
         req_release(ops[i].req);
     }
-    free(ops);
 }
 
-/* Takes the held operations out of `pend` (io_mu held). */
-static NcPending *take_pending(NcclComm *c, int *n) {
-    NcPending *ops = c->pend;
-    *n = c->n_pend;
-    c->pend = NULL;
-    c->n_pend = c->cap_pend = 0;
-    return ops;
+/* Moves the held operations into ops[2] (io_mu held); returns how many. */
+static int take_pending(NcclComm *c, NcPending *ops) {
+    int n = c->n_pend;
+    memcpy(ops, c->pend, sizeof c->pend);
+    c->n_pend = 0;
+    return n;
 }
 
 static ncclResult_t issue_one(NcclComm *c, const NcPending *p) {
@@ -492,9 +491,9 @@ static PcStatus issue_ops(NcclComm *c, long long slot, NcPending *ops, int n) {
 
 /* Drops the held operations without issuing them (aborted: they would never run). */
 static void drop_pending(NcclComm *c) {
-    int n;
+    NcPending ops[2];
     pthread_mutex_lock(&c->io_mu);
-    NcPending *ops = take_pending(c, &n);
+    int n = take_pending(c, ops);
     pthread_mutex_unlock(&c->io_mu);
     release_ops(ops, n);
 }
@@ -513,15 +512,10 @@ static PcStatus issue_held(NcclComm *c, bool keep_send) {
         drop_pending(c);
         return st;
     }
-    int n;
-    NcPending *ops = take_pending(c, &n);
-    if (keep && n > 0 && !ops[n - 1].req) { /* the held send goes back */
-        c->pend = malloc(sizeof *c->pend);
-        if (c->pend) { /* out of memory: it stays in ops and is issued now instead */
-            c->pend[0] = ops[--n];
-            c->n_pend = c->cap_pend = 1;
-        }
-    }
+    NcPending ops[2];
+    int n = take_pending(c, ops);
+    if (keep && n > 0 && !ops[n - 1].req) /* the held send stays */
+        c->pend[c->n_pend++] = ops[--n];
     return issue_ops(c, slot, ops, n); /* releases io_mu */
 }
 
@@ -535,15 +529,17 @@ static PcStatus hold(NcclComm *c, int peer, const PcTensor *t, ncclDataType_t dt
         return pc_set_error(PC_ERR_INVALID, "nccl %s: peer %d is not another rank of 0..%d",
                             req ? "recv" : "send", peer, c->base.world - 1);
     pthread_mutex_lock(&c->io_mu);
-    PcStatus st = pc_grow_array((void **)&c->pend, &c->cap_pend, c->n_pend + 1,
-                                sizeof *c->pend, "nccl send/recv");
-    if (st == PC_OK) {
+    /* at most one send is held between calls (issue_held below keeps only the last) */
+    bool room = c->n_pend < 2;
+    if (room) {
         pc_tensor_incref((PcTensor *)t);
         if (req) atomic_fetch_add(&req->refs, 1);
         c->pend[c->n_pend++] = (NcPending){peer, dt, (PcTensor *)t, req};
     }
     pthread_mutex_unlock(&c->io_mu);
-    PC_TRY(st);
+    if (!room)
+        return pc_set_error(PC_ERR_RUNTIME, "nccl %s: two operations already held "
+                                            "(concurrent callers?)", req ? "recv" : "send");
     return issue_held(c, !req && !c->no_group);
 }
 
@@ -797,7 +793,6 @@ static void nc_destroy(PcComm *cm) {
         nc_abort_why(c, "destroyed with transfers not issued");
         drop_pending(c);
     }
-    free(c->pend);
     wd_stop(c);
     if (c->comm && !atomic_load(&c->aborted)) ncclCommDestroy(c->comm);
     c->comm = NULL;

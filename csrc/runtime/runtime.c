@@ -1008,11 +1008,6 @@ static PcStatus comm_flush(PcRuntime *rt) {
     return rt->comm && rt->comm->ops->flush ? rt->comm->ops->flush(rt->comm) : PC_OK;
 }
 
-static bool is_transfer(PcActType t) {
-    return t == PC_ACT_SEND_F || t == PC_ACT_RECV_F || t == PC_ACT_SEND_B || t == PC_ACT_RECV_B;
-}
-
-
 static PcStatus do_forward(PcRuntime *rt, int s, int m) {
     RtStage *st = &rt->st[s];
     MbState *x = MB(rt, s, m);
@@ -1063,8 +1058,8 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
         bool was = pc_grad_enabled();
         pc_set_grad_enabled(rt->training);
         status = pc_program_run(st->d.prog, x->in, st->d.ext, x->out);
-        if (status == PC_OK && st->is_last && rt->cb.loss) status = comm_flush(rt);
-        if (status == PC_OK && st->is_last && rt->cb.loss) {
+        if (status == PC_OK && st->is_last && rt->cb.loss &&
+            (status = comm_flush(rt)) == PC_OK) { /* the loss function is user code */
             bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current()); /* user code */
             status = rt->cb.loss(rt->cb.ctx, s, m, st->d.n_out, x->out, &x->loss);
             if (paused) pc_wgrad_batch_resume(pc_wgrad_batch_current());
@@ -1404,7 +1399,8 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
                                       rank, leaves[j].stage, rt->st[leaves[j].stage].d.rank);
                 break;
             }
-            if (!is_transfer(leaves[j].type) && (status = comm_flush(rt)) != PC_OK) break;
+            if (!pc_act_type_is_comm(leaves[j].type) && (status = comm_flush(rt)) != PC_OK)
+                break;
             if (a->n_sub > 0 && rt->cb.has_custom &&
                 rt->cb.has_custom(rt->cb.ctx, leaves[j].type)) {
                 PcAction leaf = pc_action_from_sub(leaves[j]);
