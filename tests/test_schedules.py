@@ -653,12 +653,14 @@ def test_missing_target_schedule_class():
 
 
 def test_training_without_loss_fn():
+    """Without a loss_fn, step() runs the forward passes only (torch's behaviour): the
+    output of eval(), no gradients."""
     model, pipe, x = _small_pipe(2, 4)
     lp = LocalPipeline(pipe, "GPipe", 4, ["cpu"] * 2)
-    with pytest.raises(RuntimeError, match="loss_fn"):
-        lp.step(x)
-    out = lp.eval(x)  # forward only is fine without a loss
+    out = lp.step(x)
+    np.testing.assert_array_equal(np_(out), np_(lp.eval(x)))
     assert tuple(out.shape) == (BATCH, D_HID)
+    assert all(p.grad is None for p in pipe.parameters())
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

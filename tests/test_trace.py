@@ -131,7 +131,7 @@ def test_replay_equals_eager_on_new_inputs(op, device):
     pipec.manual_seed(0)
     m = Lambda(OPS[op]).to(device)
     x0 = pipec.randn(3, 8, device=device)
-    prog, leaves, _ = _trace(m, (x0,), {}, None)
+    prog, leaves, _, _ = _trace(m, (x0,), {}, None)
     assert leaves[0] is x0
     assert prog.marks == ()
     assert prog.num_python_calls == 0
@@ -165,7 +165,7 @@ def test_replay_without_grad_records_nothing():
     pipec.manual_seed(0)
     m = MultiMLP(8, n_layers=2)
     x = pipec.randn(3, 8)
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     with pipec.no_grad():
         out, = prog.run([x], externals_of(prog))
     assert out.grad_fn is None and not out.requires_grad
@@ -178,7 +178,7 @@ def test_trace_leaves_model_and_tensors_alone():
     m = MultiMLP(8, n_layers=2)
     x = pipec.randn(3, 8)
     before = {n: np_(p) for n, p in m.named_parameters()}
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     assert not _C._trace_active()
     for n, p in m.named_parameters():
         assert p.grad is None and p.requires_grad
@@ -190,7 +190,7 @@ def test_format_lists_calls_params_and_boundaries():
     pipec.manual_seed(0)
     m = ExampleCode(8, splits=3)
     x = pipec.randn(2, 8)
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     # mm, relu, clone, linear | relu, add, mm | linear, relu
     assert prog.num_instructions == 9
     assert prog.marks == (4, 7)
@@ -217,7 +217,7 @@ def test_split_pieces_agree_with_their_wiring():
     pipec.manual_seed(0)
     m = ExampleCode(8, splits=4)
     x = pipec.randn(2, 8)
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     pieces = prog.split()
     assert len(pieces) == 4
     seen_ext = []
@@ -248,7 +248,7 @@ def test_replay_of_split_pieces_chains_to_the_model_output():
     pipec.manual_seed(0)
     m = ExampleCode(8, splits=5)
     x = pipec.randn(2, 8)
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     ext_t = dict(zip(prog.external_slots, externals_of(prog)))
     x2 = pipec.randn(5, 8)
     env = {prog.input_slots[0]: x2}
@@ -263,7 +263,7 @@ def test_python_calls_for_custom_functions():
     pipec.manual_seed(0)
     m = MultiMLPWithDw(8, n_layers=3)
     x = pipec.randn(2, 8)
-    prog, _, _ = _trace(m, (x,), {}, m.split_spec)
+    prog, _, _, _ = _trace(m, (x,), {}, m.split_spec)
     # the Function bodies (mm, t, add) are not recorded, only the calls themselves
     assert prog.num_instructions == 9          # per layer: fn, relu, fn
     assert prog.num_python_calls == 6
@@ -275,7 +275,7 @@ def test_python_calls_for_custom_functions():
     pieces = prog.split()
     assert [p.num_python_calls for p, *_ in pieces] == [2, 2, 2]
     # a plain model, for contrast
-    plain, _, _ = _trace(MultiMLP(8, 3), (x,), {}, None)
+    plain, _, _, _ = _trace(MultiMLP(8, 3), (x,), {}, None)
     assert plain.num_python_calls == 0
 
 
@@ -289,7 +289,7 @@ def test_custom_function_replay_gradients(device, toggled):
     if toggled:
         m.toggle()
     x0 = pipec.randn(4, 8, device=device)
-    prog, _, _ = _trace(m, (x0,), {}, None)
+    prog, _, _, _ = _trace(m, (x0,), {}, None)
     assert prog.num_python_calls == 2
     x = pipec.randn(4, 8, device=device, requires_grad=True)
     dout = pipec.randn(4, 8, device=device)
@@ -321,7 +321,7 @@ def test_captured_default_kwarg_is_a_constant():
     pipec.manual_seed(0)
     m = ModelWithKwargs()
     x = pipec.randn(ModelWithKwargs.DEFAULT_BATCH_SIZE, ModelWithKwargs.DEFAULT_DHID)
-    prog, leaves, _ = _trace(m, (x,), {}, None)
+    prog, leaves, _, _ = _trace(m, (x,), {}, None)
     assert len(leaves) == 1
     params = {id(p) for p in m.parameters()}
     exts = externals_of(prog)
@@ -344,7 +344,7 @@ def test_run_argument_errors():
     pipec.manual_seed(0)
     m = MultiMLP(8, n_layers=1)
     x = pipec.randn(2, 8)
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     exts = externals_of(prog)
     with pytest.raises(ValueError):
         prog.run([], exts)
@@ -374,7 +374,7 @@ def test_trace_errors_clean_up():
     with pytest.raises(Exception):
         _trace(m, (pipec.randn(2, 3),), {}, None)
     assert not _C._trace_active()
-    prog, _, _ = _trace(m, (x,), {}, None)
+    prog, _, _, _ = _trace(m, (x,), {}, None)
     assert prog.num_instructions == 6
 
 
@@ -394,7 +394,7 @@ def test_pipe_split_marks_where_called():
             pipe_split()                       # after the last call
             return x
 
-    prog, _, _ = _trace(M(), (pipec.randn(2, 4),), {}, None)
+    prog, _, _, _ = _trace(M(), (pipec.randn(2, 4),), {}, None)
     assert prog.num_instructions == 3
     assert prog.marks == (0, 1, 1, 3)
     assert len(prog.split()) == 2               # empty stages dropped

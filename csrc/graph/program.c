@@ -548,6 +548,11 @@ PcStatus pc_program_split(const PcProgram *p, int *n_stages_out, PcProgram ***st
         int s = p->outputs[o];
         if (def[s] >= 0) {
             PC_TRY_GOTO(st, set_add(&outv[def[s]], s));
+            if (def[s] != ns - 1) { /* made earlier: passed through the last stage, whose
+                                       outputs are the model's outputs */
+                PC_TRY_GOTO(st, set_add(&in[ns - 1], s));
+                PC_TRY_GOTO(st, set_add(&outv[ns - 1], s));
+            }
         } else if (p->kind[s] == PC_SLOT_INPUT) {
             PC_TRY_GOTO(st, set_add(&in[ns - 1], s));
             PC_TRY_GOTO(st, set_add(&outv[ns - 1], s));

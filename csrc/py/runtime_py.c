@@ -22,6 +22,11 @@ typedef struct {
     PyObject_HEAD
     PcRuntime *rt;        /* owned */
     PyObject *keep;       /* owned: list of objects the runtime borrows from */
+    PyObject *params;     /* owned: per stage, the list of its parameters (the tensors in
+                             ext[s], which the runtime borrows) */
+    PcTensor ***ext;      /* owned [n_stages] array; the arrays in it belong to capsules in
+                             `keep` (the C runtime borrows them) */
+    int *n_ext;           /* owned [n_stages] */
     PyObject *loss_fn;    /* owned or NULL */
     PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
     PyObject *custom_fn;  /* owned callable(rank, action_text), or NULL */
@@ -112,6 +117,7 @@ static PcStatus cb_custom(void *ctx, int rank, const char *action) {
  * owns this runtime) form cycles, so the type takes part in garbage collection. */
 static int runtime_traverse(PcPyRuntime *self, visitproc visit, void *arg) {
     Py_VISIT(self->keep);
+    Py_VISIT(self->params);
     Py_VISIT(self->loss_fn);
     Py_VISIT(self->dw_fns);
     Py_VISIT(self->custom_fn);
@@ -129,6 +135,11 @@ static int runtime_clear(PcPyRuntime *self) {
         Py_END_ALLOW_THREADS
     }
     Py_CLEAR(self->keep);
+    Py_CLEAR(self->params);
+    PyMem_Free(self->ext);
+    self->ext = NULL;
+    PyMem_Free(self->n_ext);
+    self->n_ext = NULL;
     Py_CLEAR(self->loss_fn);
     Py_CLEAR(self->dw_fns);
     Py_CLEAR(self->custom_fn);
@@ -216,7 +227,14 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PcPyRuntime *self = (PcPyRuntime *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     self->keep = PyList_New(0);
+    self->params = PyList_New(ns);
+    self->ext = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *self->ext);
+    self->n_ext = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *self->n_ext);
     self->n_stages = (int)ns;
+    if (!self->keep || !self->params || !self->ext || !self->n_ext) {
+        Py_DECREF(self);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
     if (loss_fn != Py_None) self->loss_fn = Py_NewRef(loss_fn);
     if (custom_fn != Py_None && custom_types != Py_None) {
         PyObject *seq = PySequence_Fast(custom_types, "custom_types");
@@ -282,8 +300,8 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         if (pc_py_parse_device(devo, "stage device", &dev) < 0) goto out;
         PcProgram *p = prog == Py_None ? NULL : pc_py_program_ptr(prog);
         if (!p && prog != Py_None) goto out;
-        if (PyList_Append(self->keep, prog) < 0 || PyList_Append(self->keep, params) < 0)
-            goto out;
+        if (PyList_Append(self->keep, prog) < 0) goto out;
+        PyList_SET_ITEM(self->params, s, Py_NewRef(params));
         Py_ssize_t ne = PyList_GET_SIZE(params), ni = PyList_GET_SIZE(srcs);
         exts[s] = PyMem_Calloc((size_t)(ne ? ne : 1), sizeof(PcTensor *));
         ins[s] = PyMem_Calloc((size_t)(ni ? ni : 1), sizeof(PcStageInput));
@@ -340,6 +358,9 @@ out:
                 break;
             }
             Py_DECREF(cap);
+            ((PcPyRuntime *)ret)->ext[s] = exts[s];
+            ((PcPyRuntime *)ret)->n_ext[s] = (int)PyList_GET_SIZE(
+                PyList_GET_ITEM(((PcPyRuntime *)ret)->params, s));
             exts[s] = NULL; /* owned by the capsule now */
         }
     }
@@ -348,6 +369,32 @@ out:
     PyMem_Free(exts);
     Py_XDECREF(self);
     return ret;
+}
+
+/* set_externals(stage, params): the stage's Program reads these parameters and buffers from
+ * the next step on (a module's parameter was replaced). Between steps only. */
+static PyObject *rt_set_externals(PcPyRuntime *self, PyObject *args) {
+    RT_REQUIRE(self);
+    int s;
+    PyObject *params;
+    if (!PyArg_ParseTuple(args, "iO!:set_externals", &s, &PyList_Type, &params)) return NULL;
+    if (s < 0 || s >= self->n_stages || !self->ext[s]) {
+        PyErr_Format(PyExc_ValueError, "set_externals: no stage %d with parameters here", s);
+        return NULL;
+    }
+    if (PyList_GET_SIZE(params) != self->n_ext[s]) {
+        PyErr_Format(PyExc_ValueError, "set_externals: stage %d takes %d parameters, got %zd",
+                     s, self->n_ext[s], PyList_GET_SIZE(params));
+        return NULL;
+    }
+    for (int i = 0; i < self->n_ext[s]; i++) /* check all before changing any */
+        if (!pc_py_unwrap(PyList_GET_ITEM(params, i), "stage parameter")) return NULL;
+    PyObject *copy = PyList_GetSlice(params, 0, PyList_GET_SIZE(params));
+    if (!copy) return NULL;
+    for (int i = 0; i < self->n_ext[s]; i++)
+        self->ext[s][i] = pc_py_unwrap(PyList_GET_ITEM(copy, i), "stage parameter");
+    PyList_SetItem(self->params, s, copy); /* steals; drops the old list */
+    Py_RETURN_NONE;
 }
 
 static PyObject *rt_begin_step(PcPyRuntime *self, PyObject *args) {
@@ -537,6 +584,8 @@ static PyObject *rt_timeline(PcPyRuntime *self, PyObject *unused) {
 }
 
 static PyMethodDef runtime_methods[] = {
+    {"set_externals", (PyCFunction)rt_set_externals, METH_VARARGS,
+     "set_externals(stage, params): the stage's parameters and buffers from the next step on"},
     {"begin_step", (PyCFunction)rt_begin_step, METH_VARARGS,
      "begin_step(inputs, n_model_inputs, training, record_timeline)"},
     {"run_rank", (PyCFunction)rt_run_rank, METH_VARARGS,

@@ -21,6 +21,7 @@ from .. import _C
 from .. import nn
 from ..autograd import no_grad
 from . import _split
+from ._signature import InputSignature
 from ._split import SplitPoint
 
 __all__ = ["pipeline", "Pipe", "PipeInfo", "annotate_split_points"]
@@ -145,11 +146,44 @@ def annotate_split_points(module, split_spec):
 
 # ---- tracing ----
 
+class _KeepBuffers:
+    """Context manager: the module's buffers after the block are what they were before it
+    (the same tensor objects, with the same values). Tracing runs the forward once for its
+    effects on the trace only; a buffer it updates (a step counter, running statistics)
+    must not count that run."""
+
+    def __init__(self, module):
+        self.saved = []
+        with no_grad():
+            for mod in module.modules():
+                for name, b in mod._buffers.items():
+                    if b is not None:
+                        self.saved.append((mod, name, b, b.clone()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+    def restore(self):
+        with no_grad():
+            for mod, name, b, copy in self.saved:
+                if mod._buffers.get(name) is not b:
+                    mod._buffers[name] = b
+                b.copy_(copy)
+
+
 def _trace(module, args, kwargs, split_spec):
-    """Run module(*args, **kwargs) once with tracing on. Returns (Program, input tensors,
-    output spec)."""
+    """Run module(*args, **kwargs) once with tracing on, leaving the module's buffers as
+    they were. Returns (Program, input tensors, output spec, InputSignature of the call)."""
+    parameters = InputSignature.parameters_of(module)
+    args, kwargs = InputSignature.canonical(parameters, args, kwargs, "pipeline()")
     in_leaves, _ = _flatten((tuple(args), dict(kwargs)))
+    signature = InputSignature.of(args, kwargs, parameters)
     prev_hook = _split._pipe_split_hook
+    keep = _KeepBuffers(module)  # (copies made before tracing starts: not part of it)
     _C._trace_begin()
     try:
         seen = set()
@@ -170,7 +204,8 @@ def _trace(module, args, kwargs, split_spec):
         raise
     finally:
         _split._pipe_split_hook = prev_hook
-    return prog, in_leaves, out_spec
+        keep.restore()
+    return prog, in_leaves, out_spec, signature
 
 
 # ---- stage modules ----
@@ -242,7 +277,7 @@ class Pipe(nn.Module):
     output structure: the numerics reference for pipelined runs."""
 
     def __init__(self, stages, wiring, input_slots, out_slots, out_spec, replicated_params,
-                 model_input_count):
+                 signature):
         super().__init__()
         for i, st in enumerate(stages):
             self.register_module(f"submod_{i}", st)
@@ -250,7 +285,7 @@ class Pipe(nn.Module):
         object.__setattr__(self, "_input_slots", tuple(input_slots))
         object.__setattr__(self, "_out_slots", tuple(out_slots))
         object.__setattr__(self, "_out_spec", out_spec)
-        object.__setattr__(self, "_n_inputs", model_input_count)
+        object.__setattr__(self, "_in_sig", signature)  # the traced call's structure
         self.num_stages = len(stages)
         self.has_loss_and_backward = False
         self.loss_spec = None
@@ -264,7 +299,9 @@ class Pipe(nn.Module):
         return self._modules[f"submod_{stage_idx}"]
 
     def info(self):
-        return PipeInfo(graph=None, num_stages=self.num_stages, has_loss_and_backward=False)
+        """The pipe's PipeInfo; its ``graph`` is the Pipe itself (the stages' wiring, what
+        build_stage needs)."""
+        return PipeInfo(graph=self, num_stages=self.num_stages, has_loss_and_backward=False)
 
     def stage_wiring(self, stage_idx):
         """(input slots, output slots) of a stage in the traced Program's numbering: which
@@ -272,10 +309,7 @@ class Pipe(nn.Module):
         return self._wiring[stage_idx]
 
     def forward(self, *args, **kwargs):
-        leaves, _ = _flatten((tuple(args), dict(kwargs)))
-        if len(leaves) != self._n_inputs:
-            raise ValueError(f"Pipe: expected {self._n_inputs} tensor inputs (as traced), "
-                             f"got {len(leaves)}")
+        leaves = self._in_sig.bind(args, kwargs, "Pipe")
         env = dict(zip(self._input_slots, leaves))
         for i in range(self.num_stages):
             in_slots, out_slots = self._wiring[i]
@@ -317,7 +351,7 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
         mb_args = (mb_args,)
     mb_args = tuple(mb_args)
     mb_kwargs = dict(mb_kwargs or {})
-    prog, in_leaves, out_spec = _trace(module, mb_args, mb_kwargs, split_spec)
+    prog, in_leaves, out_spec, signature = _trace(module, mb_args, mb_kwargs, split_spec)
 
     # externals: parameters / buffers (by identity, first name wins) or captured constants
     names = {}
@@ -369,4 +403,4 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
         stages.append(stage)
         wiring.append((tuple(ins), tuple(outs)))
     return Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,
-                len(in_leaves))
+                signature)

@@ -25,7 +25,8 @@ import pickle
 from .. import _C
 from .._tensor import zeros
 from ..autograd import enable_grad
-from ._runtime import _Executor, _pipe_sources
+from ._IR import _KeepBuffers
+from ._runtime import _check_keywords_reach, _Executor, _pipe_sources, _to_device
 
 Tensor = _C.Tensor
 
@@ -106,6 +107,26 @@ class _DistExecutor(_Executor):
     def holds_last(self):
         return self.num_stages - 1 in self.local
 
+    def _pipe(self):
+        st = next(iter(self.local.values()))
+        return st._pipe_wiring[0] if st._pipe_wiring is not None else None
+
+    def _first_stage(self):
+        return self.local.get(0)
+
+    def _last_stage(self):
+        return self.local.get(self.num_stages - 1)
+
+    def _retrace(self):
+        # the runtime was built together with the other ranks (shape inference): a new
+        # trace would need them all to rebuild at this very step
+        changed = [st.stage_index for st in self.stages if st._retrace_needed()]
+        raise RuntimeError(
+            f"stages {changed} changed training mode (train()/eval()) since they were "
+            "traced at the first step; a multi-process pipeline keeps the traced programs, "
+            "so build new stages and a new schedule for the other mode (or trace the model "
+            "with pipeline() in the mode to run)")
+
     def _peer(self, stage):
         return self.ranks[self.stage_to_rank[stage]]
 
@@ -149,10 +170,18 @@ class _DistExecutor(_Executor):
 
     # -- step 2: shape inference; step 3: the C runtime --
 
-    def _build(self, first_chunk):
+    def _build(self, first_call):
         n = self.num_stages
         any_stage = next(iter(self.local.values()))
         pipe_srcs = None
+        first = self.local.get(0)
+        if first is not None and first._program is None and (first_call[0] or first_call[1]):
+            # a manual first stage is traced on the model's inputs as called
+            args, kwargs = _to_device(first_call, str(first.device))
+            _check_keywords_reach(self.stages, kwargs)
+            first._ensure_program(args, kwargs)
+            first_call = (args, kwargs)
+        first_chunk = self._input_leaves(first_call)
         if any_stage._pipe_wiring is not None:
             pipe_srcs = _pipe_sources(any_stage._pipe_wiring[0], n)
             input_stages = {s for s, srcs in enumerate(pipe_srcs) if any(p < 0 for p, _ in srcs)}
@@ -220,7 +249,7 @@ class _DistExecutor(_Executor):
                 metas.append(m)
             if st._program is None:
                 st._ensure_program(vals)
-            with enable_grad():
+            with enable_grad(), _KeepBuffers(st.submod):  # not a training step
                 outs = list(st._program.run(vals, st._externals()))
             meta_out[s] = [_meta_of(o) for o in outs]
             vals_out[s] = []
@@ -236,7 +265,6 @@ class _DistExecutor(_Executor):
         del vals_out
 
         desc = []
-        dw = {}
         for s in range(n):
             st = self.local.get(s)
             rank = self._peer(s)
@@ -255,19 +283,13 @@ class _DistExecutor(_Executor):
             desc.append((rank, str(st.device), prog, list(st._externals()),
                          [tuple(x) for x in sources(s)], len(prog.output_slots),
                          _c_metas(in_metas[s]), _c_metas(meta_out[s])))
-            if st.dw_builder is not None:
-                dw[s] = (lambda b=st.dw_builder: (lambda mb: b()()))()
-        self._rt = _C.Runtime(desc, self.n_microbatches,
-                              self._loss if self.loss_fn is not None else None, dw or None,
-                              self.timeout, self._custom if self.custom_fns else None,
-                              list(self.custom_fns) or None)
+        self._make_runtime(desc)
         self._rt.set_comm(self.comm, self.my_global)
 
     # -- each step --
 
-    def _check_inputs(self, arg_mbs):
-        for m, chunk in enumerate(arg_mbs):
-            ts = [a for a in chunk if isinstance(a, Tensor)]
+    def _check_inputs(self, per_mb):
+        for m, ts in enumerate(per_mb):
             for i, meta in self._model_in_meta.items():
                 if i >= len(ts):
                     raise ValueError(f"microbatch {m} has {len(ts)} tensor inputs; stage "
@@ -347,4 +369,4 @@ class _DistExecutor(_Executor):
     def _collect_outputs(self):
         if not self.holds_last:
             return None
-        return [self._rt.outputs(m) for m in range(self.n_microbatches)]
+        return super()._collect_outputs()

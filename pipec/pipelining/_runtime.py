@@ -6,6 +6,7 @@ thread per rank; each thread runs its whole action list in C with the GIL releas
 runs again only for the loss function, custom autograd Functions and dW runners.
 """
 
+import contextlib
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from .. import _C
 from ..autograd import is_grad_enabled
 from . import microbatch as _mb
 from . import schedules as _sched
+from ._IR import _KeepBuffers, _flatten, _unflatten
 from .stage import PipelineStage, _stage_from_pipe
 
 __all__ = ["PipelineScheduleSingle", "PipelineScheduleMulti", "ScheduleGPipe", "Schedule1F1B",
@@ -93,8 +95,8 @@ class _Executor:
 
     # -- building the runtime on the first step (traces manual stages) --
 
-    def _wiring(self, example_chunk):
-        """(input sources per stage, number of model inputs, flattened model inputs)."""
+    def _wiring(self, n_inputs):
+        """Input sources per stage (n_inputs: tensors among the model's inputs)."""
         pipe_stage = self.stages[0]._pipe_wiring
         if pipe_stage is not None:
             return _pipe_sources(pipe_stage[0], len(self.stages))
@@ -103,68 +105,173 @@ class _Executor:
         n_prev = None
         for st in self.stages:
             if st.stage_index == 0:
-                srcs_all.append([(-1, k) for k in range(len(example_chunk))])
+                srcs_all.append([(-1, k) for k in range(n_inputs)])
             else:
                 srcs_all.append([(st.stage_index - 1, k) for k in range(n_prev)])
             n_prev = len(st._program.output_slots)
         return srcs_all
 
-    def _trace_chain(self, example_inputs):
-        """Trace manual stages one after another on the first microbatch."""
+    def _signature(self):
+        """The InputSignature the model's inputs are bound with (None: not known here)."""
+        pipe = self._pipe()
+        if pipe is not None:
+            return pipe._in_sig
+        first = self._first_stage()
+        return first._in_sig if first is not None else None
+
+    def _pipe(self):
+        st = self.stages[0]
+        return st._pipe_wiring[0] if st._pipe_wiring is not None else None
+
+    def _first_stage(self):
+        return self.stages[0]
+
+    def _last_stage(self):
+        return self.stages[-1]
+
+    def _input_leaves(self, chunk):
+        """The tensors of one microbatch's (args, kwargs), in the stage Programs' order."""
+        args, kwargs = chunk
+        if not args and not kwargs:
+            return []
+        sig = self._signature()
+        if sig is None:  # a hand-made Program: tensors by position
+            return _flatten((tuple(args), dict(kwargs)))[0]
+        return sig.bind(args, kwargs, "the pipeline's inputs")
+
+    def _trace_chain(self, chunk):
+        """Trace manual stages one after another on the first microbatch (their buffers
+        end as they were: these runs are not training steps)."""
         from ..autograd import no_grad
-        vals = list(example_inputs)
-        for st in self.stages:
-            if st._program is None:
+        args, kwargs = chunk
+        _check_keywords_reach(self.stages, kwargs)
+        with contextlib.ExitStack() as keep:
+            for st in self.stages:
+                keep.enter_context(_KeepBuffers(st.submod))
+            vals = None
+            for st in self.stages:
                 dev = str(st.device)
-                vals = [v.to(dev) if isinstance(v, Tensor) else v for v in vals]
-                st._ensure_program(vals)
-            prog = st._program
-            with no_grad():
-                outs = prog.run(vals, st._externals())
-            vals = list(outs)
+                if vals is None:  # the first stage: the model's inputs
+                    args, kwargs = _to_device((args, kwargs), dev)
+                    if st._program is None:
+                        st._ensure_program(args, kwargs)
+                    vals = self._input_leaves((args, kwargs))
+                else:
+                    vals = [v.to(dev) if isinstance(v, Tensor) else v for v in vals]
+                    if st._program is None:
+                        st._ensure_program(vals)
+                with no_grad():
+                    vals = list(st._program.run(vals, st._externals()))
 
     def _build(self, first_chunk):
         if self.stages[0]._pipe_wiring is None:
             self._trace_chain(first_chunk)
-        srcs = self._wiring(first_chunk)
+        srcs = self._wiring(len(self._input_leaves(first_chunk)))
         desc = []
         for st, s in zip(self.stages, srcs):
             prog = st._program
             desc.append((self.stage_to_rank[st.stage_index], str(st.device), prog,
                          list(st._externals()), list(s), len(prog.output_slots)))
+        self._make_runtime(desc)
+
+    def _make_runtime(self, desc):
         dw = {st.stage_index: (lambda b=st.dw_builder: (lambda mb: b()()))()
               for st in self.stages if st.dw_builder is not None}
         self._rt = _C.Runtime(desc, self.n_microbatches,
                               self._loss if self.loss_fn is not None else None, dw or None,
                               self.timeout, self._custom if self.custom_fns else None,
                               list(self.custom_fns) or None)
+        self._built_externals = {st.stage_index: list(st._externals())
+                                 for st in self.stages if st._program is not None}
+        self._out_structure = self._output_structure()
+
+    def _output_structure(self):
+        """(positions, spec): the model's outputs as positions among the last stage's
+        outputs, and the structure to rebuild them in (None: the outputs as they come)."""
+        last = self._last_stage()
+        if last is None:
+            return None
+        pipe = self._pipe()
+        if pipe is not None:
+            outs = list(pipe.stage_wiring(pipe.num_stages - 1)[1])
+            return [outs.index(s) for s in pipe._out_slots], pipe._out_spec
+        if last._out_spec is None:
+            return None
+        return list(range(len(last._program.output_slots))), last._out_spec
+
+    def _structured(self, outputs):
+        """One microbatch's last-stage outputs as the model returns them."""
+        if outputs is None:
+            return None
+        if self._out_structure is None:
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+        pos, spec = self._out_structure
+        return _unflatten([outputs[i] for i in pos], spec)
+
+    def _refresh(self):
+        """Before a step: follow changes to the stages since the runtime was built. A
+        manual stage whose modules changed training mode is traced again (the runtime is
+        rebuilt); a replaced parameter or buffer is handed to the runtime."""
+        if self._rt is None:
+            return
+        if any(st._retrace_needed() for st in self.stages):
+            self._retrace()
+            return
+        for st in self.stages:
+            before = self._built_externals.get(st.stage_index)
+            if before is None:
+                continue
+            now = list(st._externals())
+            if any(a is not b for a, b in zip(now, before)):
+                names = getattr(st.submod, "_ext_names", None) or st._ext_names
+                for name, old, new in zip(names, before, now):
+                    if new is None:
+                        raise RuntimeError(f"stage {st.stage_index}: {name} was removed "
+                                           "after the stage was traced")
+                    if new is not old and (new.dtype != old.dtype or
+                                           tuple(new.shape) != tuple(old.shape) or
+                                           str(new.device) != str(old.device)):
+                        raise ValueError(
+                            f"stage {st.stage_index}: {name} was replaced by a tensor of "
+                            f"another dtype, shape or device ({new.dtype}, "
+                            f"{tuple(new.shape)}, {new.device}; traced with {old.dtype}, "
+                            f"{tuple(old.shape)}, {old.device})")
+                self._rt.set_externals(st.stage_index, now)
+                self._built_externals[st.stage_index] = now
+
+    def _retrace(self):
+        for st in self.stages:
+            if st._retrace_needed():
+                st._forget_program()
+        self._rt = None
 
     def _custom(self, rank, text):
         action = _sched._Action.from_str(text)
         fn = self.custom_fns[str(action.computation_type)]
-        ctx = _PipelineContext(self.schedule_ref, self._arg_mbs, [{} for _ in self._arg_mbs],
-                               self._targets, None, self._rt, rank)
+        ctx = _PipelineContext(self.schedule_ref, [a for a, _ in self._arg_mbs],
+                               [k for _, k in self._arg_mbs], self._targets, self._losses,
+                               self._rt, rank)
         fn(action, ctx)
 
     def _loss(self, outputs, mb):
-        out = outputs[0] if len(outputs) == 1 else outputs
-        return self.loss_fn(out, self._targets[mb])
+        return self.loss_fn(self._structured(outputs), self._targets[mb])
 
     # -- one step --
 
     def run(self, arg_mbs, target_mbs, losses, training, record_timeline=False):
-        leaves = []
-        n_in = None
-        for chunk in arg_mbs:
-            ts = [a for a in chunk if isinstance(a, Tensor)]
-            if n_in is None:
-                n_in = len(ts)
-            leaves += ts
+        """One step. arg_mbs: per microbatch, (args tuple, kwargs dict)."""
+        self._refresh()
         if self._rt is None:
-            self._build([a for a in arg_mbs[0] if isinstance(a, Tensor)])
-        self._check_inputs(arg_mbs)
+            self._build(arg_mbs[0])
+        per_mb = [self._input_leaves(chunk) for chunk in arg_mbs]
+        n_in = len(per_mb[0])
+        if any(len(ts) != n_in for ts in per_mb):
+            raise ValueError("every microbatch must have the same number of tensor inputs")
+        leaves = [t for ts in per_mb for t in ts]
+        self._check_inputs(per_mb)
         self._targets = target_mbs
         self._arg_mbs = arg_mbs
+        self._losses = losses
         # scale_grads divides only this step's gradients by n: the gradients accumulated by
         # earlier steps are set aside and added back unscaled (torch divides the whole
         # accumulated .grad every step, which breaks gradient accumulation: torchtitan#1733)
@@ -301,8 +408,8 @@ class _Executor:
                 raise KeyboardInterrupt
 
     def _collect_outputs(self):
-        """Last-stage outputs per microbatch (None where this process does not hold them)."""
-        return [self._rt.outputs(m) for m in range(self.n_microbatches)]
+        """The model's outputs per microbatch, in the model's structure."""
+        return [self._structured(self._rt.outputs(m)) for m in range(self.n_microbatches)]
 
     def _hold_grads(self):
         """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
@@ -336,15 +443,39 @@ class _PipelineContext:
 
 
 def _split_inputs(args, kwargs, n, args_chunk_spec, kwargs_chunk_spec):
-    """Per microbatch, the model's inputs in the stage Programs' order. Keyword inputs
-    follow the positional ones in the order given, as pipeline() flattened its mb_args and
-    mb_kwargs (and as Pipe.forward does): pass them in the order they were traced with."""
+    """Per microbatch, (args, kwargs) of the model's inputs. Keyword arguments are matched
+    to the traced call by name (InputSignature.bind)."""
     arg_mbs, kwarg_mbs = _mb.split_args_kwargs_into_chunks(
         tuple(args), dict(kwargs), n, args_chunk_spec, kwargs_chunk_spec if kwargs else None)
+    return list(zip(arg_mbs, kwarg_mbs))
+
+
+def _to_device(obj, dev):
+    """obj with every tensor in its nested tuples, lists and dicts moved to dev."""
+    leaves, spec = _flatten(obj)
+    return _unflatten([t.to(dev) for t in leaves], spec)
+
+
+def _check_keywords_reach(stages, kwargs):
+    """Manual stages: the model's keyword arguments go to the first stage only (later
+    stages get their predecessor's outputs). Refuse a keyword that a later stage's forward
+    takes too (by name or through ``**kwargs``), rather than leave it at its default there
+    without a word."""
     if not kwargs:
-        return arg_mbs
-    from ._IR import _flatten
-    return [tuple(_flatten((a, k))[0]) for a, k in zip(arg_mbs, kwarg_mbs)]
+        return
+    import inspect
+    for st in stages[1:]:
+        try:
+            params = inspect.signature(st.submod.forward).parameters
+        except (TypeError, ValueError):
+            continue
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        shared = [k for k in kwargs if k in params or takes_any]
+        if shared:
+            raise NotImplementedError(
+                f"keyword arguments {shared} go to the first stage only, but stage "
+                f"{st.stage_index}'s forward takes them too: pass the values on through the "
+                "stages' outputs (or trace the whole model with pipeline())")
 
 
 def _split_target(target, n):
@@ -360,8 +491,7 @@ def _split_target(target, n):
 
 
 def _merge(outs, output_merge_spec):
-    chunks = [o[0] if len(o) == 1 else tuple(o) for o in outs]
-    return _mb.merge_chunks(chunks, output_merge_spec)
+    return _mb.merge_chunks(list(outs), output_merge_spec)
 
 
 # ---- schedule classes ----
@@ -431,6 +561,14 @@ class _PipelineSchedule:
         if len(rows) != self.pp_size:
             raise ValueError(f"pipeline_order has {len(rows)} ranks, the pipeline {self.pp_size}")
         return rows
+
+    def _validate_and_set_stage_mapping(self, actions):
+        """Check a custom order (torch's hook for subclasses that set pipeline_order) and
+        set ``stage_index_to_group_rank`` from it; returns that {stage: rank} mapping."""
+        rows = self._order_rows(actions)
+        self.stage_index_to_group_rank = _sched.validate(rows, self._n_microbatches,
+                                                         self._num_stages)
+        return self.stage_index_to_group_rank
 
     def _lowered(self):
         override = getattr(self, "_lowered_override", None)
@@ -569,6 +707,9 @@ class _PipelineSchedule:
                              dist._default_comm(), fingerprint)
 
     def _run(self, args, kwargs, target, losses, return_outputs, training):
+        # without a loss_fn there is nothing to differentiate: step() runs the forward
+        # passes only, as torch's schedules do
+        training = training and self._loss_fn is not None
         if training and not is_grad_enabled():
             raise RuntimeError("step() requires gradients: grad mode is disabled (use eval() "
                                "for inference)")
@@ -579,9 +720,6 @@ class _PipelineSchedule:
             # included (torch's contract: with a loss_fn the last stage must get a target)
             raise RuntimeError("this schedule has a loss_fn: pass target= to step() and eval()"
                                " on the rank that holds the last stage")
-        if training and self._loss_fn is None:
-            raise RuntimeError("training needs a loss_fn (give it to the schedule), or call "
-                               "eval() for inference")
         ex = self._ensure_executor()
         arg_mbs = _split_inputs(args, kwargs, self._n_microbatches, self._args_chunk_spec,
                                 self._kwargs_chunk_spec)
@@ -596,6 +734,7 @@ class _PipelineSchedule:
         """Run one training step over the whole batch: forward and backward of every
         microbatch in the schedule's order. Gradients accumulate into the stages'
         parameters; per-microbatch losses go into ``losses``. Returns the merged output.
+        Without a ``loss_fn`` the step runs the forward passes only (as torch's does).
 
         The step's gradients are added to an existing ``.grad`` only once the step
         succeeded (a failed or interrupted step leaves ``.grad`` as it was), so a ``.grad``
@@ -670,6 +809,20 @@ class ScheduleDualPipeV(PipelineScheduleMulti):
     """DualPipe 'cut in half': two stages per rank in a V, overlapped F and B."""
     _name = "DualPipeV"
     _style = "v"
+
+
+class _ScheduleForwardOnly(PipelineScheduleSingle):
+    """Forward passes only: every microbatch through the stage, no backward (``step()``
+    runs as ``eval()``), as torch's class of that name."""
+    _name = "GPipe"
+
+    def _run(self, args, kwargs, target, losses, return_outputs, training):
+        return super()._run(args, kwargs, target, losses, return_outputs, False)
+
+
+#: torch's name for the schedule class that runs a lowered (compute + comms) order: every
+#: pipec schedule does (``_load_csv(..., format="compute_comms")`` loads one)
+_PipelineScheduleRuntime = PipelineScheduleMulti
 
 
 _CLASSES = {
@@ -765,19 +918,16 @@ class LocalPipeline:
         return self.schedule.pipeline_order
 
     def _run(self, args, kwargs, target, losses, return_outputs, training, record_timeline):
+        training = training and self._loss_fn is not None  # (forward only, as a schedule)
         if training and not is_grad_enabled():
             raise RuntimeError("step() requires gradients: grad mode is disabled (use eval())")
-        if training and self._loss_fn is None:
-            raise RuntimeError("training needs a loss_fn; call eval() for inference")
         if self._loss_fn is not None and target is None:
             # the last stage computes loss_fn(output, target) after every forward, eval()
             # included (torch's contract: with a loss_fn the last stage must get a target)
             raise RuntimeError("this pipeline has a loss_fn: pass target= to step() and eval()")
         if losses is not None and not isinstance(losses, list):
             raise TypeError(f"losses must be a list, got {type(losses).__name__}")
-        first_dev = str(self.stages[0].device)
-        args = tuple(a.to(first_dev) if isinstance(a, Tensor) else a for a in args)
-        kwargs = {k: v.to(first_dev) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        args, kwargs = _to_device((tuple(args), dict(kwargs)), str(self.stages[0].device))
         if target is not None and isinstance(target, Tensor):
             target = target.to(str(self.stages[-1].device))
         arg_mbs = _split_inputs(args, kwargs, self.n_microbatches, self._args_chunk_spec,

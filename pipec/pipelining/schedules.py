@@ -404,3 +404,19 @@ def _simulate_comms_compute(pipeline_order, stage_to_rank: Callable[[int], int],
     mapping = [int(stage_to_rank(s)) for s in range(num_stages)]
     _, timeline = _C._sched_simulate_steps(rows, mapping, num_stages)
     return {r: _to_actions(row) for r, row in zip(ranks, timeline)}
+
+
+# The schedule classes live in _runtime (which imports this module); code written for torch
+# imports them from ``schedules``, so they resolve here on first use.
+_RUNTIME_NAMES = frozenset([
+    "PipelineScheduleSingle", "PipelineScheduleMulti", "ScheduleGPipe", "Schedule1F1B",
+    "ScheduleInterleaved1F1B", "ScheduleLoopedBFS", "ScheduleInterleavedZeroBubble",
+    "ScheduleZBVZeroBubble", "ScheduleDualPipeV", "get_schedule_class", "_PipelineSchedule",
+    "_PipelineScheduleRuntime", "_ScheduleForwardOnly"])
+
+
+def __getattr__(name):
+    if name in _RUNTIME_NAMES:
+        from . import _runtime
+        return getattr(_runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,6 +45,8 @@ class PipelineStage:
         # set when the stage comes from a Pipe (build_stage): its Program and wiring
         self._program = getattr(submodule, "_program", None)
         self._pipe_wiring = None
+        self._in_sig = None       # manual stages: what the trace was made with
+        self._out_spec = None
 
     @property
     def is_first(self):
@@ -60,12 +62,15 @@ class PipelineStage:
 
     # ---- program and parameters for the runtime ----
 
-    def _ensure_program(self, example_inputs):
-        """The stage's C Program, tracing the module on example inputs if needed."""
+    def _ensure_program(self, example_args, example_kwargs=None):
+        """The stage's C Program, tracing the module on an example call if needed (a manual
+        stage: its structure, output structure and the modules' training modes are kept to
+        check later calls against)."""
         if self._program is not None:
             return self._program
         from ._IR import _trace
-        prog, _, _ = _trace(self.submod, tuple(example_inputs), {}, None)
+        prog, _, out_spec, signature = _trace(self.submod, tuple(example_args),
+                                              dict(example_kwargs or {}), None)
         names = {}
         for name, p in self.submod.named_parameters():
             names.setdefault(id(p), name)
@@ -81,11 +86,29 @@ class PipelineStage:
         if len(prog.output_slots) == 0:
             raise ValueError(f"stage {self.stage_index}: the module returned no tensor")
         self._program = prog
+        self._in_sig = signature
+        self._out_spec = out_spec
+        self._traced_modes = self._modes()
         return prog
+
+    def _modes(self):
+        """The training flag of every module of a manual stage (what tracing baked in)."""
+        return tuple(m.training for m in self.submod.modules())
+
+    def _retrace_needed(self):
+        """True when a traced manual stage's modules changed training mode since tracing
+        (``model.eval()`` after training: dropout and the like must follow)."""
+        return (self._pipe_wiring is None and getattr(self, "_traced_modes", None) is not None
+                and self._modes() != self._traced_modes)
+
+    def _forget_program(self):
+        self._program = None
+        self._traced_modes = None
 
     def _externals(self):
         """Current parameter/buffer tensors in the Program's order."""
-        if hasattr(self.submod, "_externals") and getattr(self.submod, "_program", None) is self._program:
+        if hasattr(self.submod, "_externals") and \
+                getattr(self.submod, "_program", None) is self._program:
             return list(self.submod._externals())
         out = []
         for name in self._ext_names:
@@ -109,10 +132,17 @@ def _stage_from_pipe(pipe, stage_index, device, group=None, dw_builder=None):
 
 
 def build_stage(stage_module, stage_index, pipe_info, device, group=None):
-    """A PipelineStage for a module made by pipeline() (torch's build_stage)."""
+    """A PipelineStage for stage ``stage_index`` of a module made by pipeline() (torch's
+    build_stage): ``pipe_info`` is ``pipe.info()``, which carries the stages' wiring."""
     if getattr(stage_module, "_program", None) is None:
         raise TypeError("build_stage expects a stage module from pipeline(); use PipelineStage "
                         "for hand-written stage modules")
-    stage_module.to(device)
-    stage_module.program.consts_to(str(device))
-    return PipelineStage(stage_module, stage_index, pipe_info.num_stages, device, group=group)
+    pipe = getattr(pipe_info, "graph", None)
+    from ._IR import Pipe
+    if not isinstance(pipe, Pipe):
+        raise TypeError("build_stage: pipe_info must come from Pipe.info() (it carries the "
+                        "wiring between the stages)")
+    if pipe.get_stage_module(stage_index) is not stage_module:
+        raise ValueError(f"build_stage: the module is not stage {stage_index} of the pipe "
+                         "that pipe_info describes")
+    return _stage_from_pipe(pipe, stage_index, device, group)
