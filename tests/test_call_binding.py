@@ -804,3 +804,76 @@ def test_validate_and_set_stage_mapping():
     bad = {0: [_Action.from_str("0B0")], 1: [_Action.from_str("1F0")]}
     with pytest.raises(ScheduleValidationError):
         sched._validate_and_set_stage_mapping(bad)
+
+
+# ---- gradients of the model's inputs ----
+
+class _InputEverywhere(nn.Module):
+    """Reads the model input x in stage 0 and again in the last stage (a skip connection
+    from the input), so x's gradient is the sum of two stages' input gradients."""
+
+    def __init__(self, n_stages):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(D, D) for _ in range(n_stages)])
+
+    def forward(self, x):
+        h = x
+        for i, layer in enumerate(self.layers):
+            if i:
+                pipe_split()
+            h = pipec.tanh(layer(h))
+        return h + x * 0.5
+
+
+@pytest.mark.parametrize("schedule", ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS",
+                                      "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"])
+def test_model_input_gets_its_gradient(schedule):
+    """torch fills x.grad of a model input that requires grad (its autograd runs through
+    the microbatch views); pipec's runtime hands the stages' input gradients back the same
+    way: the eager gradient, unscaled, also for an input read by two stages."""
+    n_stages = 2 if schedule in ("GPipe", "1F1B") else 4
+    n = 4
+    _seeded(30)
+    model = _InputEverywhere(n_stages)
+    ref = copy.deepcopy(model)
+    x = pipec.randn(BATCH, D)
+    y = pipec.randn(BATCH, D)
+    pipe = pipeline(model, (pipec.tensor_split(x, n, 0)[0],))
+    assert pipe.num_stages == n_stages
+    lp = LocalPipeline(pipe, schedule, n, ["cpu", "cpu"], loss_fn=mse_sum)
+    xp = x.detach().clone().requires_grad_(True)
+    lp.step(xp, target=y)
+    xr = x.detach().clone().requires_grad_(True)
+    for xm, ym in zip(pipec.tensor_split(xr, n, 0), pipec.tensor_split(y, n, 0)):
+        mse_sum(ref(xm), ym).backward()
+    assert xp.grad is not None, "x.grad was not filled"
+    assert_close(xp.grad, xr.grad, f"{schedule}: x.grad")
+    # eval() and inputs that need no gradient are left alone
+    xe = x.detach().clone().requires_grad_(True)
+    lp.eval(xe, target=y)
+    assert xe.grad is None
+    lp.step(x, target=y)
+    assert x.grad is None
+
+
+def test_model_input_gradient_accumulates_and_survives_a_failed_step():
+    _seeded(31)
+    m1, m2 = nn.Linear(D, D), nn.Linear(D, D)
+    calls = []
+
+    def flaky(out, target):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("loss failed on purpose")
+        return mse_sum(out, target)
+
+    lp = LocalPipeline([m1, m2], "1F1B", 2, ["cpu", "cpu"], loss_fn=flaky)
+    x = pipec.randn(BATCH, D, requires_grad=True)
+    y = pipec.randn(BATCH, D)
+    lp.step(x, target=y)
+    first = np_(x.grad).copy()
+    with pytest.raises(ValueError, match="on purpose"):
+        lp.step(x, target=y)
+    np.testing.assert_array_equal(np_(x.grad), first)  # the failed step added nothing
+    lp.step(x, target=y)
+    np.testing.assert_allclose(np_(x.grad), 2 * first, rtol=1e-5, atol=1e-6)

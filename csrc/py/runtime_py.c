@@ -507,6 +507,29 @@ static PyObject *rt_run_builtin(PcPyRuntime *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* input_grads(mb) -> [(model input index, gradient)] of a training step's microbatch */
+static PyObject *rt_input_grads(PcPyRuntime *self, PyObject *arg) {
+    RT_REQUIRE(self);
+    long mb = PyLong_AsLong(arg);
+    if (mb == -1 && PyErr_Occurred()) return NULL;
+    int n = pc_runtime_input_grads(self->rt, (int)mb, 0, NULL, NULL);
+    int *idx = PyMem_Calloc((size_t)(n ? n : 1), sizeof(int));
+    PcTensor **g = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PcTensor *));
+    PyObject *out = idx && g ? PyList_New(0) : PyErr_NoMemory();
+    if (out) pc_runtime_input_grads(self->rt, (int)mb, n, idx, g);
+    for (int i = 0; out && i < n; i++) {
+        PcTensor *d;
+        PcStatus st = pc_op_detach(g[i], &d);
+        PyObject *w = st == PC_OK ? pc_py_wrap(d) : pc_py_raise(st);
+        PyObject *item = w ? Py_BuildValue("(iN)", idx[i], w) : NULL;
+        if (!item || PyList_Append(out, item) < 0) Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    PyMem_Free(idx);
+    PyMem_Free(g);
+    return out;
+}
+
 static PyObject *rt_outputs(PcPyRuntime *self, PyObject *arg) {
     RT_REQUIRE(self);
     long mb = PyLong_AsLong(arg);
@@ -595,6 +618,8 @@ static PyMethodDef runtime_methods[] = {
     {"run_builtin", (PyCFunction)rt_run_builtin, METH_VARARGS,
      "run_builtin(rank, action): run an action's built-in handler (from a custom function)."},
     {"outputs", (PyCFunction)rt_outputs, METH_O, "Last-stage outputs of a microbatch."},
+    {"input_grads", (PyCFunction)rt_input_grads, METH_O,
+     "[(model input index, gradient)] of a microbatch after a training step."},
     {"loss", (PyCFunction)rt_loss, METH_O, "Loss of a microbatch (or None)."},
     {"end_step", (PyCFunction)rt_end_step, METH_NOARGS, "Free the step's activations."},
     {"interrupt", (PyCFunction)rt_interrupt, METH_NOARGS,

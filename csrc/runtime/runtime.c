@@ -1028,8 +1028,9 @@ static PcStatus do_forward(PcRuntime *rt, int s, int m) {
         PcTensor *v;
         bool grad;
         if (st->in[k].src_stage < 0) {
+            /* a model input that requires grad gets its gradient (pc_runtime_input_grads) */
             v = rt->model_in[m * rt->n_model_in + st->in[k].src_idx];
-            grad = false;
+            grad = v->requires_grad && rt->training;
         } else {
             v = x->in[k];
             grad = x->in_grad[k] && rt->training;
@@ -1484,6 +1485,25 @@ PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs)
     if (!x->fwd_done)
         return pc_set_error(PC_ERR_RUNTIME, "microbatch %d never reached the last stage", mb);
     return PC_OK;
+}
+
+int pc_runtime_input_grads(PcRuntime *rt, int mb, int cap, int *idx, PcTensor **grads) {
+    int n = 0;
+    if (mb < 0 || mb >= rt->n_mb) return 0;
+    for (int s = 0; s < rt->n_stages; s++) {
+        if (is_foreign(rt, s)) continue;
+        const RtStage *st = &rt->st[s];
+        const MbState *x = MB(rt, s, mb);
+        for (int k = 0; x->gin && k < st->d.n_in; k++) {
+            if (st->in[k].src_stage >= 0 || !x->gin[k]) continue;
+            if (n < cap) {
+                idx[n] = st->in[k].src_idx;
+                grads[n] = x->gin[k];
+            }
+            n++;
+        }
+    }
+    return n;
 }
 
 PcTensor *pc_runtime_loss(PcRuntime *rt, int mb) {

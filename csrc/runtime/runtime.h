@@ -119,6 +119,11 @@ PcStatus pc_runtime_run_builtin(PcRuntime *rt, int rank, const PcAction *action)
  * or NULL). In multi-process mode only the last stage's rank has them. */
 PcStatus pc_runtime_outputs(PcRuntime *rt, int mb, int *n_out, PcTensor ***outs);
 PcTensor *pc_runtime_loss(PcRuntime *rt, int mb);
+/* After a training step: the gradients of microbatch mb's model inputs that require grad,
+ * one entry per stage input of this process that reads one (a model input read by several
+ * stages has several entries, to be summed). Writes up to cap entries (model input index,
+ * borrowed gradient) and returns how many there are. */
+int pc_runtime_input_grads(PcRuntime *rt, int mb, int cap, int *idx, PcTensor **grads);
 /* Drop per-step state (activations, graphs, received buffers). */
 void pc_runtime_end_step(PcRuntime *rt);
 /* Stop the step from any thread (a KeyboardInterrupt in the thread that waits for the

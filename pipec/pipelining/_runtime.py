@@ -310,6 +310,8 @@ class _Executor:
                     elif prev is not None:
                         p.grad = prev
                 held = None
+            if training:
+                self._input_grads(per_mb)
             if record_timeline:
                 self._timeline = self._rt.timeline()
             return outs
@@ -322,6 +324,23 @@ class _Executor:
 
     def _check_inputs(self, arg_mbs):
         pass  # in one process, microbatches may differ in shape
+
+    def _input_grads(self, per_mb):
+        """Model inputs that require grad get this step's gradients, through the
+        microbatches (views) into the tensors passed to step(); not scaled by
+        scale_grads (which is about parameters), as in torch."""
+        from ..autograd import backward
+        sums = {}
+        for m, leaves in enumerate(per_mb):
+            if not any(t.requires_grad for t in leaves):
+                continue
+            for i, g in self._rt.input_grads(m):
+                t = leaves[i]
+                if t.requires_grad:
+                    g = g.to(str(t.device))
+                    sums[(m, i)] = g if (m, i) not in sums else sums[(m, i)].add_(g)
+        if sums:
+            backward([per_mb[m][i] for m, i in sums], list(sums.values()))
 
     def _sum_tied(self, tied):
         """Every copy of a tied parameter (that requires grad) gets the sum of this step's
