@@ -44,7 +44,8 @@ from pipec.pipelining import (LocalPipeline, PipelineStage, ScheduleGPipe,
 from pipec.pipelining._signature import InputMismatchError
 
 from model_registry import SkipConnections
-from test_schedules import assert_close, assert_grads, check_close, mse_sum, np_, ref_step
+from test_schedules import (DEVICE_KINDS, assert_close, assert_grads, check_close, mse_sum,
+                            np_, ref_step)
 
 D = 8
 BATCH = 8
@@ -825,22 +826,24 @@ class _InputEverywhere(nn.Module):
         return h + x * 0.5
 
 
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("schedule", ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS",
                                       "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"])
-def test_model_input_gets_its_gradient(schedule):
+def test_model_input_gets_its_gradient(schedule, kind):
     """torch fills x.grad of a model input that requires grad (its autograd runs through
     the microbatch views); pipec's runtime hands the stages' input gradients back the same
     way: the eager gradient, unscaled, also for an input read by two stages."""
     n_stages = 2 if schedule in ("GPipe", "1F1B") else 4
     n = 4
     _seeded(30)
-    model = _InputEverywhere(n_stages)
+    dev = "cuda:0" if kind == "cuda" else "cpu"
+    model = _InputEverywhere(n_stages).to(dev)
     ref = copy.deepcopy(model)
-    x = pipec.randn(BATCH, D)
-    y = pipec.randn(BATCH, D)
+    x = pipec.randn(BATCH, D, device=dev)
+    y = pipec.randn(BATCH, D, device=dev)
     pipe = pipeline(model, (pipec.tensor_split(x, n, 0)[0],))
     assert pipe.num_stages == n_stages
-    lp = LocalPipeline(pipe, schedule, n, ["cpu", "cpu"], loss_fn=mse_sum)
+    lp = LocalPipeline(pipe, schedule, n, [dev, dev], loss_fn=mse_sum)
     xp = x.detach().clone().requires_grad_(True)
     lp.step(xp, target=y)
     xr = x.detach().clone().requires_grad_(True)

@@ -18,8 +18,8 @@
 # wgrad: weight-gradient batching's GPU tests and bench/pipeline.py with it off and on
 # (wgradq: its GPU tests and large_bf16 1F1B only, off then on).
 # group: NCCL's send/receive pairs (nccl.c) with two ranks sharing this GPU: 32 MiB messages
-# through the crossing order and every schedule, the Tensor CUDA tests, the whole nccl_ranks
-# suite, and bench/p2p.py next to torch.
+# through the crossing order and every schedule, the Tensor and call-binding CUDA tests, the
+# whole nccl_ranks suite, and bench/p2p.py next to torch.
 # group_off: the same large-message cases with grouping off (PIPEC_NCCL_GROUP=0; diagnosing,
 # not counted: the crossing order is expected to deadlock and time out, 1F1B's lowered order
 # not; bench/results/nccl_grouping_H200.md has the 2026-12-07 run).
@@ -98,8 +98,9 @@ if [ $built = 1 ] && wants group; then
     step large_messages large_messages.log timeout 300 "$PY" -m pytest -q -m nccl_ranks \
         tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
         --durations=8 -rs
-    # Tensor comparisons' CUDA kernels
-    step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py -rs
+    # Tensor comparisons' CUDA kernels; model-input gradients on CUDA (test_call_binding)
+    step tensor_cuda tensor_cuda.log timeout 120 "$PY" -m pytest -q -m cuda tests/test_tensor.py \
+        tests/test_call_binding.py -rs
     step nccl_tests nccl_tests.log timeout 360 "$PY" -m pytest -q -m nccl_ranks -rs --maxfail=3 \
         --durations=8 tests/test_schedule_multiproc.py tests/test_distributed.py \
         -k "not test_large_messages_nccl and not test_crossing_transfers"
