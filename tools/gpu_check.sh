@@ -2,7 +2,7 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off ...]      (default: all; several modes
+#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off|verify ...]      (default: all; several modes
 #     run one after another with one build)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
@@ -65,6 +65,27 @@ if [ $built = 1 ] && wants nccl; then
         --schedules 1F1B,Interleaved1F1B,ZBVZeroBubble,DualPipeV --steps 3 \
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
     step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
+fi
+if [ $built = 1 ] && wants verify; then
+    # the short form of `group wgradq` for a small device budget, most important first:
+    # the NCCL send/receive pairs (DualPipeV and every schedule with 32 MiB messages, the
+    # crossing order), the CUDA tests of the call binding, Tensor comparisons and weight-gradient
+    # batching, the
+    # DualPipeV cases of the nccl_ranks suite, then weight-gradient batching (off vs on)
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step large_messages large_messages.log timeout 240 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
+        --durations=8 -rs
+    step cuda_tests cuda_tests.log timeout 150 "$PY" -m pytest -q -m cuda tests/test_tensor.py \
+        tests/test_call_binding.py tests/test_wgrad_batch.py -rs
+    step nccl_dualpipev nccl_dualpipev.log timeout 150 "$PY" -m pytest -q -m nccl_ranks -rs \
+        --durations=5 tests/test_schedule_multiproc.py -k "DualPipeV and not large_messages"
+    for rows in 0 1024; do
+        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 90 "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
+            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+        grep "| 1F1B" "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+    done
 fi
 if [ $built = 1 ] && wants wgradq; then
     # a shorter wgrad: its GPU tests, then large_bf16 1F1B with batching off and on
