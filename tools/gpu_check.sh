@@ -69,9 +69,9 @@ fi
 if [ $built = 1 ] && wants verify; then
     # the short form of `group wgradq` for a small device budget, most important first:
     # the NCCL send/receive pairs (DualPipeV and every schedule with 32 MiB messages, the
-    # crossing order), the CUDA tests of the call binding, Tensor comparisons and weight-gradient
-    # batching, the
-    # DualPipeV cases of the nccl_ranks suite, then weight-gradient batching (off vs on)
+    # crossing order), the CUDA tests of the call binding, Tensor comparisons and
+    # weight-gradient batching, the DualPipeV cases of the nccl_ranks suite, then
+    # weight-gradient batching's speed (off vs on)
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     step large_messages large_messages.log timeout 240 "$PY" -m pytest -q -m nccl_ranks \
         tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
