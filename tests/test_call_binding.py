@@ -880,3 +880,78 @@ def test_model_input_gradient_accumulates_and_survives_a_failed_step():
     np.testing.assert_array_equal(np_(x.grad), first)  # the failed step added nothing
     lp.step(x, target=y)
     np.testing.assert_allclose(np_(x.grad), 2 * first, rtol=1e-5, atol=1e-6)
+
+
+# ---- microbatches of different shapes (one process) ----
+
+class _Reshaping(nn.Module):
+    """Two stages; the second reshapes with a size read in Python (baked into the trace)
+    or with -1 (not)."""
+
+    def __init__(self, read_batch):
+        super().__init__()
+        self.a = nn.Linear(D, D)
+        self.b = nn.Linear(D, D)
+        self.read_batch = read_batch
+
+    def forward(self, x):
+        h = self.a(x)
+        pipe_split()
+        rows = x.shape[0] if self.read_batch else -1
+        return self.b(h).view(rows, 2, D // 2).sum(1)
+
+
+@pytest.mark.parametrize("traced", ["pipeline", "manual"])
+def test_uneven_microbatches_with_a_baked_size_raise(traced):
+    """A batch of 9 in 2 microbatches gives 5 and 4 rows. Code that reads x.shape[0] into
+    view() was traced with 5: the second microbatch must not run with it (torch would run
+    its eager code; pipec re-traces on the new shape and refuses when the Program differs).
+    With view(-1, ...) the Programs agree and the step runs, equal to the eager model."""
+    for read_batch in (True, False):
+        _seeded(40)
+        model = _Reshaping(read_batch)
+        x = pipec.randn(9, D)
+        if traced == "pipeline":
+            pipe = pipeline(model, (pipec.tensor_split(x, 2, 0)[0],))
+            lp = LocalPipeline(pipe, "GPipe", 2, ["cpu", "cpu"])
+        else:
+            class First(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.a = model.a
+
+                def forward(self, x):
+                    return self.a(x)
+
+            class Second(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.b = model.b
+
+                def forward(self, h):
+                    rows = h.shape[0] if read_batch else -1
+                    return self.b(h).view(rows, 2, D // 2).sum(1)
+
+            lp = LocalPipeline([First(), Second()], "GPipe", 2, ["cpu", "cpu"])
+        if read_batch:
+            with pytest.raises(ValueError, match="differ in shape"):
+                lp.eval(x)
+        else:
+            out = lp.eval(x)
+            assert_close(out, model(x), f"{traced}: uneven microbatches")
+
+
+def test_uneven_microbatches_without_the_model_refuse():
+    """A pipe whose model is gone cannot be traced again: a shape-reading Program then
+    refuses microbatches of another shape instead of guessing."""
+    import gc
+    _seeded(41)
+    model = _Reshaping(False)
+    x = pipec.randn(9, D)
+    pipe = pipeline(model, (pipec.tensor_split(x, 2, 0)[0],))
+    del model
+    gc.collect()
+    lp = LocalPipeline(pipe, "GPipe", 2, ["cpu", "cpu"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        lp.eval(x)
+    lp.eval(pipec.randn(8, D))  # even microbatches need no second trace

@@ -105,6 +105,7 @@ struct PcTracer {
     int cap_ext_t;
     IntVec inputs, marks;
     bool paused;
+    bool shape_read;
 };
 
 static _Thread_local PcTracer *pc_tls_tracer;
@@ -139,6 +140,48 @@ static int map_get(const PcTracer *tr, const PcTensor *t) {
 }
 
 static PcStatus map_put(PcTracer *tr, PcTensor *t, int slot);
+
+static bool same_ints(int n, const int *a, const int *b) {
+    return n == 0 || memcmp(a, b, sizeof(int) * (size_t)n) == 0;
+}
+
+bool pc_program_same_code(const PcProgram *a, const PcProgram *b) {
+    if (a->n_slots != b->n_slots || a->n_inputs != b->n_inputs ||
+        a->n_externals != b->n_externals || a->n_outputs != b->n_outputs ||
+        a->n_instrs != b->n_instrs || a->n_marks != b->n_marks)
+        return false;
+    if (!same_ints(a->n_inputs, a->inputs, b->inputs) ||
+        !same_ints(a->n_externals, a->externals, b->externals) ||
+        !same_ints(a->n_outputs, a->outputs, b->outputs) ||
+        !same_ints(a->n_marks, a->marks, b->marks))
+        return false;
+    for (int s = 0; s < a->n_slots; s++) {
+        if (a->kind[s] != b->kind[s]) return false;
+        const PcTensor *ka = a->konst[s], *kb = b->konst[s];
+        if (!ka != !kb) return false;
+        if (ka && (ka->dtype != kb->dtype || ka->ndim != kb->ndim ||
+                   memcmp(ka->shape, kb->shape, sizeof(int64_t) * (size_t)ka->ndim) != 0))
+            return false;
+    }
+    for (int k = 0; k < a->n_instrs; k++) {
+        const PcInstr *x = &a->instrs[k], *y = &b->instrs[k];
+        const PcCall *c = &x->call, *d = &y->call;
+        if (c->opc != d->opc || c->n_in != d->n_in || c->n_out != d->n_out ||
+            c->flag != d->flag || c->pyfn != d->pyfn ||
+            memcmp(c->ints, d->ints, sizeof c->ints) != 0 ||
+            memcmp(c->sizes, d->sizes, sizeof c->sizes) != 0 ||
+            memcmp(c->d, d->d, sizeof c->d) != 0 || !same_ints(c->n_in, x->in, y->in) ||
+            memcmp(x->out, y->out, sizeof x->out) != 0)
+            return false;
+    }
+    return true;
+}
+
+void pc_trace_note_shape_read(PcTracer *tr, const PcTensor *t) {
+    int s = tr ? map_get(tr, t) : -1;
+    if (s >= 0 && (tr->b.p->kind[s] == PC_SLOT_INPUT || tr->b.p->kind[s] == PC_SLOT_VALUE))
+        tr->shape_read = true;
+}
 
 static PcStatus map_rehash(PcTracer *tr, size_t ncap) {
     PcTensor **ok = tr->keys;
@@ -300,6 +343,7 @@ PcStatus pc_trace_end(PcTracer *tr, int n_out, PcTensor *const *outs, PcProgram 
     p->outputs = ov.v;
     p->n_marks = tr->marks.n;
     p->marks = tr->marks.v;
+    p->reads_shapes = tr->shape_read;
     tr->marks.v = NULL;
     tr->b.p = NULL;
     tracer_free(tr);
@@ -570,6 +614,7 @@ PcStatus pc_program_split(const PcProgram *p, int *n_stages_out, PcProgram ***st
         stages[sg] = b.p;
         b.p->py_release = p->py_release;
         b.p->py_retain = p->py_retain;
+        b.p->reads_shapes = p->reads_shapes;
         for (int s = 0; s < p->n_slots; s++) map[s] = -1;
         IntVec vin = {0, 0, NULL}, vext = {0, 0, NULL}, vout = {0, 0, NULL};
         for (int i = 0; i < in[sg].n; i++) {

@@ -60,6 +60,9 @@ typedef struct PcProgram {
     int *marks;                   /* owned: instruction index of each boundary */
     void (*py_release)(void *py); /* releases PYFUNC contexts (GIL taken inside) */
     void (*py_retain)(void *py);  /* adds a reference to a PYFUNC context (for splitting) */
+    bool reads_shapes;            /* the traced code read the shape of an input or of a value
+                                     made from one (x.shape, size(), len()...): sizes may be
+                                     baked into the Program (kept by splitting) */
 } PcProgram;
 
 typedef struct PcTracer PcTracer;
@@ -71,6 +74,9 @@ PcTracer *pc_trace_active(void);
 /* Pause/resume recording (custom Function bodies run paused). Returns the previous state. */
 bool pc_trace_set_paused(bool paused);
 PcStatus pc_trace_input(PcTracer *tr, PcTensor *t);
+/* Python read t's shape while tr records: notes it when t is an input or a value made from
+ * the inputs (PcProgram.reads_shapes). */
+void pc_trace_note_shape_read(PcTracer *tr, const PcTensor *t);
 /* Record a call that just ran. For PYFUNC the Program takes over c->py (one reference). */
 PcStatus pc_trace_record(PcTracer *tr, const PcCall *c, PcTensor *const *in,
                          PcTensor *const *out);
@@ -105,6 +111,12 @@ typedef struct PcStageIO {
 PcStatus pc_program_split(const PcProgram *p, int *n_stages, PcProgram ***stages,
                           PcStageIO **io);
 void pc_stage_io_free(int n, PcStageIO *io);
+
+/* True when a and b do the same work: the same slots, calls with the same arguments (ints,
+ * sizes, scalars), wiring and constants of the same dtype and shape (their values and
+ * custom Functions' Python objects are not compared). Two traces of one model on inputs of
+ * different shapes are the same code unless a size of the inputs was baked in. */
+bool pc_program_same_code(const PcProgram *a, const PcProgram *b);
 
 /* Human-readable listing into a malloc'd string (caller frees). */
 char *pc_program_format(const PcProgram *p);

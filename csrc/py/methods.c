@@ -224,6 +224,7 @@ static PcTensor *tensor_arg(PyObject *obj, const char *what) { return pc_py_unwr
 
 static PyObject *i_numel(PyObject *self, PyObject *args, PyObject *kw) {
     (void)args; (void)kw;
+    pc_trace_note_shape_read(pc_trace_active(), T(self));
     return PyLong_FromLongLong(pc_tensor_numel(T(self)));
 }
 OP_ENTRY(f_numel, i_numel)
@@ -235,6 +236,7 @@ static PyObject *m_dim(PyObject *self, PyObject *unused) {
 
 static PyObject *m_size(PyObject *self, PyObject *args) {
     PcTensor *t = T(self);
+    pc_trace_note_shape_read(pc_trace_active(), t);
     PyObject *d = NULL;
     if (!PyArg_ParseTuple(args, "|O:size", &d)) return NULL;
     if (!d || d == Py_None) {

@@ -231,6 +231,7 @@ static PyObject *shape_tuple(int ndim, const int64_t *shape) {
 
 static PyObject *get_shape(PyObject *self, void *c) {
     (void)c;
+    pc_trace_note_shape_read(pc_trace_active(), T(self));
     return shape_tuple(T(self)->ndim, T(self)->shape);
 }
 static PyObject *get_dtype(PyObject *self, void *c) { (void)c; return pc_py_dtype_obj(T(self)->dtype); }
@@ -695,6 +696,7 @@ static int tensor_setitem(PyObject *self, PyObject *key, PyObject *value) {
 
 static Py_ssize_t tensor_len(PyObject *self) {
     PcTensor *t = T(self);
+    pc_trace_note_shape_read(pc_trace_active(), t);
     if (t->ndim == 0) {
         PyErr_SetString(PyExc_TypeError, "len() of a 0-d tensor");
         return -1;

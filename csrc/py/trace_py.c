@@ -210,6 +210,7 @@ static PyObject *program_get(PcPyProgram *self, void *which) {
     case 2: return int_tuple(p->n_outputs, p->outputs);
     case 3: return PyLong_FromLong(p->n_instrs);
     case 4: return int_tuple(p->n_marks, p->marks);
+    case 6: return PyBool_FromLong(p->reads_shapes);
     default: {
         int n = 0;
         for (int k = 0; k < p->n_instrs; k++) n += p->instrs[k].call.opc == PC_OPC_PYFUNC;
@@ -339,7 +340,17 @@ static PyObject *program_format(PcPyProgram *self, PyObject *unused) {
     return r;
 }
 
+static PyObject *program_same_code(PcPyProgram *self, PyObject *other) {
+    if (!PyObject_TypeCheck(other, Py_TYPE(self))) {
+        PyErr_SetString(PyExc_TypeError, "same_code: expected a Program");
+        return NULL;
+    }
+    return PyBool_FromLong(pc_program_same_code(self->p, ((PcPyProgram *)other)->p));
+}
+
 static PyMethodDef program_methods[] = {
+    {"same_code", (PyCFunction)program_same_code, METH_O,
+     "same_code(other): the same calls, arguments, wiring and constant shapes."},
     {"run", (PyCFunction)program_run, METH_VARARGS,
      "run(inputs, params) -> outputs: replay the Program (autograd records as usual)."},
     {"external_tensor", (PyCFunction)program_external_tensor, METH_O,
@@ -361,6 +372,9 @@ static PyGetSetDef program_getset[] = {
     {"marks", (getter)program_get, NULL, "Instruction index of each pipe_split.", (void *)4},
     {"num_python_calls", (getter)program_get, NULL, "Custom Function calls (run Python).",
      (void *)5},
+    {"reads_shapes", (getter)program_get, NULL,
+     "Whether the traced code read the shape of an input-derived value (sizes may be baked "
+     "in).", (void *)6},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -16,6 +16,7 @@ and whose forward replays its Program without Python (unless it holds a custom F
 """
 
 import collections
+import weakref
 
 from .. import _C
 from .. import nn
@@ -351,28 +352,8 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
         mb_args = (mb_args,)
     mb_args = tuple(mb_args)
     mb_kwargs = dict(mb_kwargs or {})
-    prog, in_leaves, out_spec, signature = _trace(module, mb_args, mb_kwargs, split_spec)
-
-    # externals: parameters / buffers (by identity, first name wins) or captured constants
-    names = {}
-    buffer_names = set()
-    for name, p in module.named_parameters():
-        names.setdefault(id(p), name)
-    for name, b in module.named_buffers():
-        if id(b) not in names:
-            names[id(b)] = name
-            buffer_names.add(name)
-    ext_slots = prog.external_slots
-    slot_name = {}
-    for i in reversed(range(len(ext_slots))):
-        t = prog.external_tensor(i)
-        name = names.get(id(t)) if t is not None else None
-        if name is None:
-            prog.make_const(i)
-        else:
-            slot_name[ext_slots[i]] = (name, t)
-
-    pieces = prog.split()
+    prog, pieces, slot_name, buffer_names, out_spec, signature = _trace_pieces(
+        module, mb_args, mb_kwargs, split_spec)
     users = collections.defaultdict(list)
     for si, (_, _, exts, _) in enumerate(pieces):
         for s in exts:
@@ -402,5 +383,36 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
                                             for n in pnames if n in tied_index})
         stages.append(stage)
         wiring.append((tuple(ins), tuple(outs)))
-    return Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,
+    pipe = Pipe(stages, wiring, prog.input_slots, prog.output_slots, out_spec, replicated,
                 signature)
+    # what it was traced from, to trace again on microbatches of other shapes (weakly: the
+    # pipe need not keep the model alive)
+    object.__setattr__(pipe, "_source", (weakref.ref(module), split_spec))
+    return pipe
+
+
+def _trace_pieces(module, args, kwargs, split_spec):
+    """Trace and cut: (whole Program, pieces of Program.split(), {external slot: (name,
+    tensor)}, buffer names, output spec, InputSignature). Externals that are not the
+    module's parameters or buffers become constants."""
+    prog, _, out_spec, signature = _trace(module, args, kwargs, split_spec)
+    # externals: parameters / buffers (by identity, first name wins) or captured constants
+    names = {}
+    buffer_names = set()
+    for name, p in module.named_parameters():
+        names.setdefault(id(p), name)
+    for name, b in module.named_buffers():
+        if id(b) not in names:
+            names[id(b)] = name
+            buffer_names.add(name)
+    ext_slots = prog.external_slots
+    slot_name = {}
+    for i in reversed(range(len(ext_slots))):
+        t = prog.external_tensor(i)
+        name = names.get(id(t)) if t is not None else None
+        if name is None:
+            prog.make_const(i)
+        else:
+            slot_name[ext_slots[i]] = (name, t)
+    return prog, prog.split(), slot_name, buffer_names, out_spec, signature
+

@@ -288,7 +288,7 @@ class _DistExecutor(_Executor):
 
     # -- each step --
 
-    def _check_inputs(self, per_mb):
+    def _check_inputs(self, per_mb, arg_mbs):
         for m, ts in enumerate(per_mb):
             for i, meta in self._model_in_meta.items():
                 if i >= len(ts):

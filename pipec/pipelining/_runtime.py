@@ -139,29 +139,37 @@ class _Executor:
             return _flatten((tuple(args), dict(kwargs)))[0]
         return sig.bind(args, kwargs, "the pipeline's inputs")
 
-    def _trace_chain(self, chunk):
-        """Trace manual stages one after another on the first microbatch (their buffers
-        end as they were: these runs are not training steps)."""
+    def _run_chain(self, chunk, program_of):
+        """Run manual stages one after another on one microbatch, without autograd and
+        leaving their buffers as they were (not a training step). program_of(stage, args,
+        kwargs) gives the Program to run and its input tensors, or None to stop there
+        (then False is returned)."""
         from ..autograd import no_grad
-        args, kwargs = chunk
-        _check_keywords_reach(self.stages, kwargs)
         with contextlib.ExitStack() as keep:
             for st in self.stages:
                 keep.enter_context(_KeepBuffers(st.submod))
-            vals = None
+            args, kwargs = chunk
             for st in self.stages:
-                dev = str(st.device)
-                if vals is None:  # the first stage: the model's inputs
-                    args, kwargs = _to_device((args, kwargs), dev)
-                    if st._program is None:
-                        st._ensure_program(args, kwargs)
-                    vals = self._input_leaves((args, kwargs))
-                else:
-                    vals = [v.to(dev) if isinstance(v, Tensor) else v for v in vals]
-                    if st._program is None:
-                        st._ensure_program(vals)
+                args, kwargs = _to_device((tuple(args), dict(kwargs)), str(st.device))
+                got = program_of(st, args, kwargs)
+                if got is None:
+                    return False
+                prog, vals = got
                 with no_grad():
-                    vals = list(st._program.run(vals, st._externals()))
+                    args, kwargs = list(prog.run(vals, st._externals())), {}
+        return True
+
+    def _trace_chain(self, chunk):
+        """Trace manual stages one after another on the first microbatch."""
+        _check_keywords_reach(self.stages, chunk[1])
+
+        def program_of(st, args, kwargs):
+            if st._program is None:
+                st._ensure_program(args, kwargs)
+            first = st is self.stages[0]
+            return st._program, self._input_leaves((args, kwargs)) if first else list(args)
+
+        self._run_chain(chunk, program_of)
 
     def _build(self, first_chunk):
         if self.stages[0]._pipe_wiring is None:
@@ -268,7 +276,7 @@ class _Executor:
         if any(len(ts) != n_in for ts in per_mb):
             raise ValueError("every microbatch must have the same number of tensor inputs")
         leaves = [t for ts in per_mb for t in ts]
-        self._check_inputs(per_mb)
+        self._check_inputs(per_mb, arg_mbs)
         self._targets = target_mbs
         self._arg_mbs = arg_mbs
         self._losses = losses
@@ -322,8 +330,48 @@ class _Executor:
             self._rt.end_step()
             self._targets = None
 
-    def _check_inputs(self, arg_mbs):
-        pass  # in one process, microbatches may differ in shape
+    def _check_inputs(self, per_mb, arg_mbs):
+        """In one process microbatches may differ in shape (a batch that n does not
+        divide). If the traced code read a shape, the first microbatch's sizes may be
+        constants of the Programs: the stages are traced again on each new shape, which
+        must give the same Programs (checked once per shape)."""
+        shapes = [tuple(tuple(t.shape) for t in ts) for ts in per_mb]
+        if all(sh == shapes[0] for sh in shapes):
+            return
+        if not any(st._program.reads_shapes for st in self.stages):
+            return
+        verified = self.__dict__.setdefault("_verified_shapes", set())
+        for m, sh in enumerate(shapes):
+            if sh == shapes[0] or sh in verified:
+                continue
+            if not self._same_programs_for(arg_mbs[m]):
+                raise ValueError(
+                    f"the microbatches differ in shape ({list(shapes[0])} and {list(sh)}) and "
+                    "the traced stages depend on it: their code read a size of the first "
+                    "microbatch (.shape, size(), len()) into an operation's arguments, so the "
+                    "other microbatches would run with it. Make the batch divisible by "
+                    "n_microbatches, or keep sizes out of Python (view(-1, d) rather than "
+                    "view(x.shape[0], d))")
+            verified.add(sh)
+
+    def _same_programs_for(self, chunk):
+        """True when tracing the stages on this microbatch gives the Programs they run."""
+        pipe = self._pipe()
+        if pipe is not None:
+            from ._IR import _trace_pieces
+            source = getattr(pipe, "_source", None)
+            module = source[0]() if source else None
+            if module is None:  # the model is gone: cannot tell, so refuse
+                return False
+            pieces = _trace_pieces(module, chunk[0], chunk[1], source[1])[1]
+            return len(pieces) == len(self.stages) and all(
+                piece[0].same_code(st._program) for piece, st in zip(pieces, self.stages))
+
+        def program_of(st, args, kwargs):
+            prog, _, _, sig = st._trace_program(args, kwargs)
+            return (prog, sig.bind(args, kwargs)) if prog.same_code(st._program) else None
+
+        return self._run_chain(chunk, program_of)
 
     def _input_grads(self, per_mb):
         """Model inputs that require grad get this step's gradients, through the

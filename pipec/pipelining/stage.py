@@ -68,28 +68,32 @@ class PipelineStage:
         check later calls against)."""
         if self._program is not None:
             return self._program
+        prog, self._ext_names, self._out_spec, self._in_sig = self._trace_program(
+            example_args, example_kwargs)
+        self._program = prog
+        self._traced_modes = self._modes()
+        return prog
+
+    def _trace_program(self, args, kwargs=None):
+        """Trace the module on one call: (Program, its parameters' and buffers' names,
+        output spec, InputSignature); other tensors it captured become constants."""
         from ._IR import _trace
-        prog, _, out_spec, signature = _trace(self.submod, tuple(example_args),
-                                              dict(example_kwargs or {}), None)
+        prog, _, out_spec, signature = _trace(self.submod, tuple(args), dict(kwargs or {}),
+                                              None)
         names = {}
         for name, p in self.submod.named_parameters():
             names.setdefault(id(p), name)
         for name, b in self.submod.named_buffers():
             names.setdefault(id(b), name)
-        self._ext_names = []
         for i in reversed(range(len(prog.external_slots))):
             t = prog.external_tensor(i)
             if t is None or id(t) not in names:
                 prog.make_const(i)
-        for i in range(len(prog.external_slots)):
-            self._ext_names.append(names[id(prog.external_tensor(i))])
+        ext_names = [names[id(prog.external_tensor(i))]
+                     for i in range(len(prog.external_slots))]
         if len(prog.output_slots) == 0:
             raise ValueError(f"stage {self.stage_index}: the module returned no tensor")
-        self._program = prog
-        self._in_sig = signature
-        self._out_spec = out_spec
-        self._traced_modes = self._modes()
-        return prog
+        return prog, ext_names, out_spec, signature
 
     def _modes(self):
         """The training flag of every module of a manual stage (what tracing baked in)."""
