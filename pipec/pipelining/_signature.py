@@ -51,6 +51,13 @@ class InputSignature:
         self.spec = spec
         self.n_tensors = n_tensors
         self.parameters = parameters  # inspect.Signature of the forward, or None
+        # a call of that many positional arguments and no keywords is canonical already
+        # (a forward with positional parameters only): bind skips inspect there
+        kinds = [p.kind for p in parameters.parameters.values()] if parameters else []
+        plain = parameters is not None and all(
+            k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for k in kinds)
+        self._plain_arity = len(kinds) if plain else -1
 
     @staticmethod
     def parameters_of(module):
@@ -97,7 +104,9 @@ class InputSignature:
         has another value than when traced (it is a constant of the Program)."""
         arg_specs = self.spec[1][0][1]
         kw_specs = self.spec[1][1][1]
-        args, kwargs = self.canonical(self.parameters, args, kwargs, what)
+        args, kwargs = tuple(args), kwargs or {}
+        if kwargs or len(args) != self._plain_arity:
+            args, kwargs = self.canonical(self.parameters, args, kwargs, what)
         if len(args) != len(arg_specs):
             raise InputMismatchError(f"{what}: traced with {len(arg_specs)} positional "
                                      f"arguments, called with {len(args)}")
