@@ -955,3 +955,34 @@ def test_uneven_microbatches_without_the_model_refuse():
     with pytest.raises(ValueError, match="differ in shape"):
         lp.eval(x)
     lp.eval(pipec.randn(8, D))  # even microbatches need no second trace
+
+
+# ---- PipelineStage(input_args=, output_args=) ----
+
+def test_static_stage_arguments_are_checked():
+    """torch's static mode: output_args needs input_args (an AssertionError there, here
+    also a ValueError); given ones must match the first step's values (a training step
+    with matching ones equals the eager model, as torch's test_grad_with_manual)."""
+    from pipec.pipelining import PipeliningShapeError
+    _seeded(50)
+    m = nn.Linear(D, D)
+    x = pipec.randn(BATCH, D)
+    y = pipec.randn(BATCH, D)
+    mb = pipec.tensor_split(x, 2, 0)[0]
+    with pytest.raises(AssertionError, match="output_args without input_args"):
+        PipelineStage(m, 0, 1, "cpu", output_args=(m(mb).detach(),))
+    with pytest.raises(ValueError):
+        PipelineStage(m, 0, 1, "cpu", output_args=(m(mb).detach(),))
+    ref = copy.deepcopy(m)
+    stage = PipelineStage(m, 0, 1, "cpu", input_args=(mb,), output_args=m(mb).detach())
+    ScheduleGPipe(stage, 2, loss_fn=mse_sum, scale_grads=False).step(x, target=y)
+    for xm, ym in zip(pipec.tensor_split(x, 2, 0), pipec.tensor_split(y, 2, 0)):
+        mse_sum(ref(xm), ym).backward()
+    assert_close(m.weight.grad, ref.weight.grad, "static stage: weight grad")
+    wrong = PipelineStage(nn.Linear(D, D), 0, 1, "cpu", input_args=(pipec.randn(3, D),))
+    with pytest.raises(PipeliningShapeError, match="shape mismatch"):
+        ScheduleGPipe(wrong, 2).eval(x)
+    wrong = PipelineStage(nn.Linear(D, D), 0, 1, "cpu", input_args=(mb,),
+                          output_args=(pipec.randn(4, D).to(pipec.float64),))
+    with pytest.raises(PipeliningShapeError, match="dtype mismatch"):
+        ScheduleGPipe(wrong, 2).eval(x)

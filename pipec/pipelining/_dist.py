@@ -251,6 +251,7 @@ class _DistExecutor(_Executor):
                 st._ensure_program(vals)
             with enable_grad(), _KeepBuffers(st.submod):  # not a training step
                 outs = list(st._program.run(vals, st._externals()))
+            st._check_static(vals, outs)
             meta_out[s] = [_meta_of(o) for o in outs]
             vals_out[s] = []
             for o in outs:

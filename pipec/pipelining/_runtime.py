@@ -139,7 +139,7 @@ class _Executor:
             return _flatten((tuple(args), dict(kwargs)))[0]
         return sig.bind(args, kwargs, "the pipeline's inputs")
 
-    def _run_chain(self, chunk, program_of):
+    def _run_chain(self, chunk, program_of, check_static=False):
         """Run manual stages one after another on one microbatch, without autograd and
         leaving their buffers as they were (not a training step). program_of(stage, args,
         kwargs) gives the Program to run and its input tensors, or None to stop there
@@ -156,7 +156,10 @@ class _Executor:
                     return False
                 prog, vals = got
                 with no_grad():
-                    args, kwargs = list(prog.run(vals, st._externals())), {}
+                    outs = list(prog.run(vals, st._externals()))
+                if check_static:
+                    st._check_static(vals, outs)
+                args, kwargs = outs, {}
         return True
 
     def _trace_chain(self, chunk):
@@ -169,7 +172,7 @@ class _Executor:
             first = st is self.stages[0]
             return st._program, self._input_leaves((args, kwargs)) if first else list(args)
 
-        self._run_chain(chunk, program_of)
+        self._run_chain(chunk, program_of, check_static=True)
 
     def _build(self, first_chunk):
         if self.stages[0]._pipe_wiring is None:

@@ -13,12 +13,23 @@ from .._types import device as _device_cls
 __all__ = ["PipelineStage", "build_stage"]
 
 
+class StageArgsError(ValueError, AssertionError):
+    """Inconsistent PipelineStage arguments (an AssertionError too, as torch raises)."""
+
+
+def _metas(values):
+    from ._IR import _flatten
+    return [(t.dtype, tuple(t.shape)) for t in _flatten(values)[0]]
+
+
 class PipelineStage:
     """One pipeline stage.
 
     submodule: the stage's module; stage_index / num_stages: its place in the pipeline;
-    device: where it runs; input_args / output_args: example values (optional: shapes are
-    inferred when the first step runs); group: the process group of the pipeline (None: the
+    device: where it runs; input_args / output_args: example inputs and outputs of one
+    microbatch (optional: shapes are inferred when the first step runs; given, the first
+    step checks the stage's actual inputs and outputs against their dtypes and shapes and
+    raises PipeliningShapeError on a difference; output_args needs input_args); group: the process group of the pipeline (None: the
     default group, or this process alone); dw_builder: a zero-argument callable returning a
     function that computes this stage's weight gradients for one microbatch (used by W
     actions of zero-bubble schedules, right after B otherwise)."""
@@ -32,6 +43,9 @@ class PipelineStage:
             raise ValueError(f"PipelineStage: num_stages must be a positive int, got {num_stages!r}")
         if not isinstance(stage_index, int) or not 0 <= stage_index < num_stages:
             raise ValueError(f"Stage index {stage_index} is out of range of {num_stages}")
+        if output_args is not None and input_args is None:
+            raise StageArgsError("PipelineStage: output_args without input_args (give both, "
+                                 "or neither to infer shapes at the first step)")
         if dw_builder is not None and not callable(dw_builder):
             raise TypeError("PipelineStage: dw_builder must be callable")
         self.submod = submodule
@@ -94,6 +108,29 @@ class PipelineStage:
         if len(prog.output_slots) == 0:
             raise ValueError(f"stage {self.stage_index}: the module returned no tensor")
         return prog, ext_names, out_spec, signature
+
+    def _check_static(self, inputs, outputs):
+        """Given input_args / output_args: the first step's actual values must match
+        their tensors' dtypes and shapes (raises PipeliningShapeError)."""
+        from ._dist import PipeliningShapeError
+        for what, given, actual in (("input", self.inputs_meta, inputs),
+                                    ("output", self.outputs_meta, outputs)):
+            if given is None:
+                continue
+            want, got = _metas(given), _metas(tuple(actual))
+            if len(want) != len(got):
+                raise PipeliningShapeError(
+                    f"stage {self.stage_index}: {len(got)} {what} tensors, but {what}_args "
+                    f"has {len(want)}")
+            for i, ((wd, ws), (gd, gs)) in enumerate(zip(want, got)):
+                if wd != gd:
+                    raise PipeliningShapeError(
+                        f"stage {self.stage_index} {what} {i}: dtype mismatch: {what}_args "
+                        f"says {wd}, the first step has {gd}")
+                if ws != gs:
+                    raise PipeliningShapeError(
+                        f"stage {self.stage_index} {what} {i}: shape mismatch: {what}_args "
+                        f"says {ws}, the first step has {gs}")
 
     def _modes(self):
         """The training flag of every module of a manual stage (what tracing baked in)."""
