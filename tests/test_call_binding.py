@@ -986,3 +986,10 @@ def test_static_stage_arguments_are_checked():
                           output_args=(pipec.randn(4, D).to(pipec.float64),))
     with pytest.raises(PipeliningShapeError, match="dtype mismatch"):
         ScheduleGPipe(wrong, 2).eval(x)
+
+
+def test_use_full_backward_is_deprecated():
+    from pipec.pipelining import ScheduleInterleaved1F1B
+    stages = [PipelineStage(nn.Linear(D, D), i, 2, "cpu") for i in range(2)]
+    with pytest.warns(FutureWarning, match="use_full_backward"):
+        ScheduleInterleaved1F1B(stages, 2, loss_fn=mse_sum, use_full_backward=True)

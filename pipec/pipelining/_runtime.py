@@ -835,6 +835,11 @@ class PipelineScheduleMulti(_PipelineSchedule):
     def __init__(self, stages, n_microbatches, loss_fn=None, args_chunk_spec=None,
                  kwargs_chunk_spec=None, output_merge_spec=None, use_full_backward=None,
                  scale_grads=True, backward_requires_autograd=True):
+        if use_full_backward is not None:
+            import warnings
+            warnings.warn("use_full_backward is deprecated and has no effect (torch deprecated "
+                          "it too): schedules with I/W actions split the backward, the others "
+                          "run it whole", FutureWarning, stacklevel=2)
         super().__init__(stages, n_microbatches, loss_fn, args_chunk_spec, kwargs_chunk_spec,
                          output_merge_spec, scale_grads)
 
