@@ -721,13 +721,14 @@ class ScaledVarKw(nn.Module):
         return h * kwargs["scale"] if "scale" in kwargs else h
 
 
-def test_manual_keyword_taken_by_a_later_stage_var_keyword_raises():
-    """A later stage whose forward has **kwargs takes every keyword too: without the check
-    it would silently run without ``scale`` (eager would have scaled)."""
+def test_manual_keyword_and_a_later_stage_with_var_keyword_warns():
+    """A later stage whose forward has **kwargs may or may not want a keyword (blocks often
+    pass **kwargs on unused): pipec runs, and warns that the keyword reaches the first
+    stage only."""
     _seeded(24)
     x, s = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
     lp = LocalPipeline([Scaled(), ScaledVarKw()], "GPipe", 2, ["cpu", "cpu"])
-    with pytest.raises(NotImplementedError, match="scale"):
+    with pytest.warns(UserWarning, match="first stage only"):
         lp.eval(x, scale=s)
 
 
@@ -934,16 +935,17 @@ def test_uneven_microbatches_with_a_baked_size_raise(traced):
 
             lp = LocalPipeline([First(), Second()], "GPipe", 2, ["cpu", "cpu"])
         if read_batch:
-            with pytest.raises(ValueError, match="differ in shape"):
+            with pytest.raises(ValueError, match="were traced with"):
                 lp.eval(x)
         else:
             out = lp.eval(x)
             assert_close(out, model(x), f"{traced}: uneven microbatches")
 
 
-def test_uneven_microbatches_without_the_model_refuse():
-    """A pipe whose model is gone cannot be traced again: a shape-reading Program then
-    refuses microbatches of another shape instead of guessing."""
+def test_uneven_microbatches_without_the_model():
+    """pipeline() checks, while the model is at hand, whether its Programs depend on the
+    microbatch's rows: a plain model then runs uneven microbatches after the model is gone;
+    one that baked in the size refuses them (it cannot be traced again to check)."""
     import gc
     _seeded(41)
     model = _Reshaping(False)
@@ -952,9 +954,41 @@ def test_uneven_microbatches_without_the_model_refuse():
     del model
     gc.collect()
     lp = LocalPipeline(pipe, "GPipe", 2, ["cpu", "cpu"])
-    with pytest.raises(ValueError, match="differ in shape"):
+    lp.eval(x)  # pipeline() found its Programs free of the batch size
+    _seeded(42)
+    baked = _Reshaping(True)
+    pipe = pipeline(baked, (pipec.tensor_split(x, 2, 0)[0],))
+    assert not pipe._batch_free
+    del baked
+    gc.collect()
+    lp = LocalPipeline(pipe, "GPipe", 2, ["cpu", "cpu"])
+    with pytest.raises(ValueError, match=r"model pipeline\(\) traced is gone"):
         lp.eval(x)
-    lp.eval(pipec.randn(8, D))  # even microbatches need no second trace
+    lp.eval(pipec.randn(10, D))  # the traced shapes (5 rows) need no second trace
+
+
+@pytest.mark.parametrize("traced", ["pipeline", "manual"])
+def test_later_steps_of_another_microbatch_size_are_checked_too(traced):
+    """Every microbatch of a later step may share one size that is not the traced one
+    (traced on 4 rows, run on 8): checked against the traced shapes, not each other."""
+    _seeded(43)
+    model = _Reshaping(True)
+    x = pipec.randn(8, D)
+    if traced == "pipeline":
+        lp = LocalPipeline(pipeline(model, (x[:4],)), "GPipe", 2, ["cpu", "cpu"])
+    else:
+        class Whole(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                return self.m(x)
+
+        lp = LocalPipeline([Whole()], "GPipe", 2, ["cpu"])
+        lp.eval(x)  # traced on 4 rows
+    with pytest.raises(ValueError, match="were traced with"):
+        lp.eval(pipec.randn(16, D))
 
 
 # ---- PipelineStage(input_args=, output_args=) ----

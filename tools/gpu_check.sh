@@ -73,11 +73,14 @@ if [ $built = 1 ] && wants verify; then
     # weight-gradient batching, the DualPipeV cases of the nccl_ranks suite, then
     # weight-gradient batching's speed (off vs on)
     export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
-    step large_messages large_messages.log timeout 240 "$PY" -m pytest -q -m nccl_ranks \
-        tests/test_schedule_multiproc.py -k "test_large_messages_nccl or test_crossing_transfers" \
-        --durations=8 -rs
-    step cuda_tests cuda_tests.log timeout 150 "$PY" -m pytest -q -m cuda tests/test_tensor.py \
+    step pairs_first pairs_first.log timeout 100 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -rs --durations=4 \
+        -k "(test_large_messages_nccl and DualPipeV) or test_crossing_transfers"
+    step cuda_tests cuda_tests.log timeout 100 "$PY" -m pytest -q -m cuda tests/test_tensor.py \
         tests/test_call_binding.py tests/test_wgrad_batch.py -rs
+    step large_messages large_messages.log timeout 150 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -k "test_large_messages_nccl and not DualPipeV" \
+        --durations=8 -rs
     step nccl_dualpipev nccl_dualpipev.log timeout 150 "$PY" -m pytest -q -m nccl_ranks -rs \
         --durations=5 tests/test_schedule_multiproc.py -k "DualPipeV and not large_messages"
     for rows in 0 1024; do

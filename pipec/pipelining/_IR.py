@@ -388,7 +388,28 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
     # what it was traced from, to trace again on microbatches of other shapes (weakly: the
     # pipe need not keep the model alive)
     object.__setattr__(pipe, "_source", (weakref.ref(module), split_spec))
+    object.__setattr__(pipe, "_batch_free", not prog.reads_shapes or _same_on_fewer_rows(
+        module, mb_args, mb_kwargs, split_spec, pieces))
     return pipe
+
+
+def _same_on_fewer_rows(module, args, kwargs, split_spec, pieces):
+    """Whether the traced stages do not depend on the microbatch's size along dim 0 (the
+    dim inputs are split on by default): tracing again with one row fewer gives the same
+    Programs. Checked here, while the model is at hand and on one device, for code that
+    read a shape while tracing (nn.Linear checks its input's width, for one)."""
+    leaves, spec = _flatten((tuple(args), dict(kwargs)))
+    if not leaves or any(t.ndim == 0 or t.shape[0] < 2 for t in leaves):
+        return False
+    with no_grad():
+        fewer = [t[: t.shape[0] - 1] for t in leaves]
+    args2, kwargs2 = _unflatten(fewer, spec)
+    try:
+        again = _trace_pieces(module, args2, kwargs2, split_spec)[1]
+    except Exception:  # noqa: BLE001 - the model needs its traced size (a default tensor...)
+        return False
+    return len(again) == len(pieces) and all(a[0].same_code(b[0])
+                                             for a, b in zip(again, pieces))
 
 
 def _trace_pieces(module, args, kwargs, split_spec):

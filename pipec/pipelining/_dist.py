@@ -197,7 +197,9 @@ class _DistExecutor(_Executor):
                         if p >= 0 and p != c - 1 and self._peer(p) != self._peer(c):
                             raise NotImplementedError(
                                 f"stage {c} reads an output of stage {p} on another rank "
-                                "(a skip connection across processes): the nccl backend "
+                                "(a skip connection across processes, or a model output made "
+                                "before the last stage, which the last stage passes on): the "
+                                "nccl backend "
                                 "moves only values between consecutive stages across "
                                 "ranks; pass the value through the stages in between, or "
                                 "use the tcp backend")
@@ -290,6 +292,9 @@ class _DistExecutor(_Executor):
     # -- each step --
 
     def _check_inputs(self, per_mb, arg_mbs):
+        if per_mb and per_mb[0] and self._pipe() is not None:
+            # a Pipe may have been traced on microbatches of other shapes than these
+            super()._check_inputs(per_mb, arg_mbs)
         for m, ts in enumerate(per_mb):
             for i, meta in self._model_in_meta.items():
                 if i >= len(ts):

@@ -195,6 +195,9 @@ class _Executor:
         self._built_externals = {st.stage_index: list(st._externals())
                                  for st in self.stages if st._program is not None}
         self._out_structure = self._output_structure()
+        from ..nn.modules.module import changes
+        self._seen_changes = changes()
+        self._verified_shapes = set()
 
     def _output_structure(self):
         """(positions, spec): the model's outputs as positions among the last stage's
@@ -225,6 +228,9 @@ class _Executor:
         rebuilt); a replaced parameter or buffer is handed to the runtime."""
         if self._rt is None:
             return
+        from ..nn.modules.module import changes
+        if changes() == self._seen_changes:  # no module attribute changed since
+            return
         if any(st._retrace_needed() for st in self.stages):
             self._retrace()
             return
@@ -249,6 +255,7 @@ class _Executor:
                             f"{tuple(old.shape)}, {old.device})")
                 self._rt.set_externals(st.stage_index, now)
                 self._built_externals[st.stage_index] = now
+        self._seen_changes = changes()
 
     def _retrace(self):
         for st in self.stages:
@@ -339,42 +346,56 @@ class _Executor:
         constants of the Programs: the stages are traced again on each new shape, which
         must give the same Programs (checked once per shape)."""
         shapes = [tuple(tuple(t.shape) for t in ts) for ts in per_mb]
-        if all(sh == shapes[0] for sh in shapes):
+        sig = self._signature()
+        traced = sig.shapes if sig is not None and sig.shapes is not None else shapes[0]
+        if all(sh == traced for sh in shapes):
             return
         if not any(st._program.reads_shapes for st in self.stages):
             return
-        verified = self.__dict__.setdefault("_verified_shapes", set())
+        pipe = self._pipe()
+        verified = self._verified_shapes
         for m, sh in enumerate(shapes):
-            if sh == shapes[0] or sh in verified:
+            if sh == traced or sh in verified:
                 continue
-            if not self._same_programs_for(arg_mbs[m]):
+            if pipe is not None and pipe._batch_free and _rows_differ_only(traced, sh):
+                verified.add(sh)
+                continue
+            same, why = self._same_programs_for(arg_mbs[m])
+            if not same:
                 raise ValueError(
-                    f"the microbatches differ in shape ({list(shapes[0])} and {list(sh)}) and "
-                    "the traced stages depend on it: their code read a size of the first "
-                    "microbatch (.shape, size(), len()) into an operation's arguments, so the "
-                    "other microbatches would run with it. Make the batch divisible by "
-                    "n_microbatches, or keep sizes out of Python (view(-1, d) rather than "
-                    "view(x.shape[0], d))")
+                    f"microbatch inputs of shapes {list(sh)}, but the stages were traced with "
+                    f"{list(traced)} and read a tensor's shape while tracing (.shape, size(), "
+                    f"len()); {why}, so sizes of the traced call may be constants of the "
+                    "Programs. Use microbatches of the traced shapes (for pipeline(): the "
+                    "mb_args given; a batch n_microbatches divides), or keep sizes out of "
+                    "Python (view(-1, d) rather than view(x.shape[0], d))")
             verified.add(sh)
 
     def _same_programs_for(self, chunk):
-        """True when tracing the stages on this microbatch gives the Programs they run."""
+        """(True, "") when tracing the stages on this microbatch gives the Programs they
+        run, else (False, why not)."""
         pipe = self._pipe()
         if pipe is not None:
             from ._IR import _trace_pieces
             source = getattr(pipe, "_source", None)
             module = source[0]() if source else None
-            if module is None:  # the model is gone: cannot tell, so refuse
-                return False
-            pieces = _trace_pieces(module, chunk[0], chunk[1], source[1])[1]
-            return len(pieces) == len(self.stages) and all(
-                piece[0].same_code(st._program) for piece, st in zip(pieces, self.stages))
+            if module is None:
+                return False, "the model pipeline() traced is gone, so they cannot be traced " \
+                              "again on these shapes to check"
+            try:
+                pieces = _trace_pieces(module, chunk[0], chunk[1], source[1])[1]
+            except Exception as e:  # noqa: BLE001 - e.g. the model now spread over devices
+                return False, f"tracing the model again on these shapes failed ({e})"
+            same = len(pieces) == pipe.num_stages and all(
+                pieces[st.stage_index][0].same_code(st._program) for st in self.stages)
+            return same, "" if same else "traced again, they differ"
 
         def program_of(st, args, kwargs):
             prog, _, _, sig = st._trace_program(args, kwargs)
             return (prog, sig.bind(args, kwargs)) if prog.same_code(st._program) else None
 
-        return self._run_chain(chunk, program_of)
+        same = self._run_chain(chunk, program_of)
+        return same, "" if same else "traced again, they differ"
 
     def _input_grads(self, per_mb):
         """Model inputs that require grad get this step's gradients, through the
@@ -526,6 +547,12 @@ def _to_device(obj, dev):
     return _unflatten([t.to(dev) for t in leaves], spec)
 
 
+def _rows_differ_only(a, b):
+    """Two lists of tensor shapes that differ at most in their first sizes."""
+    return len(a) == len(b) and all(len(x) == len(y) and len(x) >= 1 and x[1:] == y[1:]
+                                    for x, y in zip(a, b))
+
+
 def _check_keywords_reach(stages, kwargs):
     """Manual stages: the model's keyword arguments go to the first stage only (later
     stages get their predecessor's outputs). Refuse a keyword that a later stage's forward
@@ -539,8 +566,11 @@ def _check_keywords_reach(stages, kwargs):
             params = inspect.signature(st.submod.forward).parameters
         except (TypeError, ValueError):
             continue
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        shared = [k for k in kwargs if k in params or takes_any]
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            import warnings
+            warnings.warn(f"stage {st.stage_index}'s forward takes **kwargs, but the keyword "
+                          f"arguments {list(kwargs)} go to the first stage only", stacklevel=4)
+        shared = [k for k in kwargs if k in params]
         if shared:
             raise NotImplementedError(
                 f"keyword arguments {shared} go to the first stage only, but stage "
@@ -769,7 +799,9 @@ class _PipelineSchedule:
         if mine != placed:
             raise ValueError(f"{type(self).__name__} places stages {placed} on rank {me}, "
                              f"but this process holds stages {mine}")
+        # a rank without a loss_fn would run forward only while the others train
         fingerprint = {"schedule": type(self).__name__, "n_microbatches": self._n_microbatches,
+                       "loss_fn given": self._loss_fn is not None,
                        "num_stages": self._num_stages, "ranks": self.pp_size,
                        "stage placement": list(mapping)}
         return _DistExecutor(self._stages, self._num_stages, mapping, orders,

@@ -47,9 +47,10 @@ class InputSignature:
     """What a stage was traced with: ``spec`` is ``_IR._flatten``'s spec of the call's
     ``(args, kwargs)``; ``n_tensors`` how many tensors the Program takes."""
 
-    def __init__(self, spec, n_tensors, parameters=None):
+    def __init__(self, spec, n_tensors, parameters=None, shapes=None):
         self.spec = spec
         self.n_tensors = n_tensors
+        self.shapes = shapes  # the traced call's tensor shapes, in order
         self.parameters = parameters  # inspect.Signature of the forward, or None
         # a call of that many positional arguments and no keywords is canonical already
         # (a forward with positional parameters only): bind skips inspect there
@@ -72,7 +73,7 @@ class InputSignature:
         """The signature of a call already in canonical form (see ``canonical``)."""
         from ._IR import _flatten
         leaves, spec = _flatten((tuple(args), dict(kwargs or {})))
-        return cls(spec, len(leaves), parameters)
+        return cls(spec, len(leaves), parameters, tuple(tuple(t.shape) for t in leaves))
 
     @staticmethod
     def canonical(parameters, args, kwargs, what="stage"):

@@ -90,6 +90,22 @@ class _IncompatibleKeys(collections.namedtuple("IncompatibleKeys",
     __str__ = __repr__
 
 
+# Counts attribute assignments, deletions and registrations on any Module (training flags,
+# replaced parameters and submodules included): a pipeline checks its stages for changes
+# only when it moved since the last step (pipec.pipelining's per-step check stays O(1)).
+_changes = [0]
+
+
+def _changed():
+    _changes[0] += 1
+
+
+def changes():
+    """A number that grows whenever an attribute of any Module is assigned or deleted or a
+    parameter, buffer or submodule is registered."""
+    return _changes[0]
+
+
 _FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "half", "float", "double")
 
 
@@ -224,6 +240,7 @@ class Module:
         _check_name("parameter", name, self)
         if hasattr(self, name) and name not in self._parameters:
             raise KeyError(f"attribute '{name}' already exists")
+        _changed()
         if param is None:
             self._parameters[name] = None
             return
@@ -252,6 +269,7 @@ class Module:
                 f"buffer '{name}' (pipec.Tensor or None required)")
         if isinstance(tensor, Buffer):
             persistent = _unmark_buffer(tensor) and persistent
+        _changed()
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent_buffers_set.discard(name)
@@ -268,6 +286,7 @@ class Module:
         _check_name("module", name, self)
         if hasattr(self, name) and name not in self._modules:
             raise KeyError(f"attribute '{name}' already exists")
+        _changed()
         self._modules[name] = module
 
     add_module = register_module
@@ -283,6 +302,7 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __setattr__(self, name, value):
+        _changed()
         d = self.__dict__
 
         def drop_from(*stores):
@@ -341,6 +361,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
+        _changed()
         d = self.__dict__
         if name in d.get("_parameters", ()):
             del d["_parameters"][name]
