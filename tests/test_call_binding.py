@@ -1027,3 +1027,38 @@ def test_use_full_backward_is_deprecated():
     stages = [PipelineStage(nn.Linear(D, D), i, 2, "cpu") for i in range(2)]
     with pytest.warns(FutureWarning, match="use_full_backward"):
         ScheduleInterleaved1F1B(stages, 2, loss_fn=mse_sum, use_full_backward=True)
+
+
+class _SizeUse(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.a = nn.Linear(D, D)
+        self.b = nn.Linear(D, D)
+        self.how = how
+
+    def forward(self, x):
+        h = self.a(x)
+        pipe_split()
+        if self.how == "negative_slice":   # resolved with the traced size
+            h = pipec.cat([h[:-1], h[-1:]], 0)
+        elif self.how == "constant":       # a size turned into a captured constant
+            h = h / pipec.full((1,), float(x.shape[0]))
+        elif self.how == "open_slice":     # x[1:], x[:] replay on any size
+            h = pipec.cat([h[:1], h[1:]], 0)[:]
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["negative_slice", "constant", "open_slice"])
+def test_sizes_hidden_in_slices_and_constants(how):
+    """Slices counted from the end and constants made from a size are size-dependent code
+    too (refused for other shapes); open and non-negative slices replay on any size."""
+    _seeded(44)
+    model = _SizeUse(how)
+    x = pipec.randn(7, D)
+    lp = LocalPipeline(pipeline(model, (x[:4],)), "GPipe", 2, ["cpu", "cpu"])
+    if how == "open_slice":
+        assert_close(lp.eval(x), pipec.cat([model(c) for c in pipec.tensor_split(x, 2, 0)], 0),
+                     "open slices on 4 + 3 rows")
+    else:
+        with pytest.raises(ValueError, match="were traced with"):
+            lp.eval(x)

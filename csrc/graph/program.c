@@ -145,6 +145,26 @@ static bool same_ints(int n, const int *a, const int *b) {
     return n == 0 || memcmp(a, b, sizeof(int) * (size_t)n) == 0;
 }
 
+/* Small constants (a size turned into a tensor, say) are compared by value, on the host. */
+#define SAME_CODE_MAX_CONST_BYTES 65536
+
+static bool same_const_values(PcTensor *a, PcTensor *b) {
+    size_t bytes = (size_t)pc_tensor_numel(a) * pc_dtype_size(a->dtype);
+    if (bytes > SAME_CODE_MAX_CONST_BYTES) return true; /* dtype and shape only */
+    PcDevice cpu = {PC_CPU, 0};
+    PcTensor *ha = NULL, *hb = NULL, *ca = NULL, *cb = NULL;
+    bool same = pc_op_to(a, a->dtype, cpu, &ha) == PC_OK &&
+                pc_op_to(b, b->dtype, cpu, &hb) == PC_OK &&
+                pc_op_contiguous(ha, &ca) == PC_OK && pc_op_contiguous(hb, &cb) == PC_OK &&
+                memcmp(pc_tensor_data(ca), pc_tensor_data(cb), bytes) == 0;
+    if (!same) pc_clear_error(); /* a failed copy counts as different */
+    pc_tensor_decref(ha);
+    pc_tensor_decref(hb);
+    pc_tensor_decref(ca);
+    pc_tensor_decref(cb);
+    return same;
+}
+
 bool pc_program_same_code(const PcProgram *a, const PcProgram *b) {
     if (a->n_slots != b->n_slots || a->n_inputs != b->n_inputs ||
         a->n_externals != b->n_externals || a->n_outputs != b->n_outputs ||
@@ -160,7 +180,8 @@ bool pc_program_same_code(const PcProgram *a, const PcProgram *b) {
         const PcTensor *ka = a->konst[s], *kb = b->konst[s];
         if (!ka != !kb) return false;
         if (ka && (ka->dtype != kb->dtype || ka->ndim != kb->ndim ||
-                   memcmp(ka->shape, kb->shape, sizeof(int64_t) * (size_t)ka->ndim) != 0))
+                   memcmp(ka->shape, kb->shape, sizeof(int64_t) * (size_t)ka->ndim) != 0 ||
+                   !same_const_values(a->konst[s], b->konst[s])))
             return false;
     }
     for (int k = 0; k < a->n_instrs; k++) {

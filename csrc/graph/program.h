@@ -113,8 +113,8 @@ PcStatus pc_program_split(const PcProgram *p, int *n_stages, PcProgram ***stages
 void pc_stage_io_free(int n, PcStageIO *io);
 
 /* True when a and b do the same work: the same slots, calls with the same arguments (ints,
- * sizes, scalars), wiring and constants of the same dtype and shape (their values and
- * custom Functions' Python objects are not compared). Two traces of one model on inputs of
+ * sizes, scalars), wiring and constants of the same dtype and shape, and the same values
+ * for constants up to 64 KiB (custom Functions' Python objects are not compared). Two traces of one model on inputs of
  * different shapes are the same code unless a size of the inputs was baked in. */
 bool pc_program_same_code(const PcProgram *a, const PcProgram *b);
 

@@ -574,8 +574,12 @@ static PcStatus index_one(PcTensor **cur, PyObject *idx, int *d) {
         if (PySlice_Unpack(idx, &start, &stop, &step) < 0) return PC_ERR_PYTHON;
         if (step <= 0)
             return pc_set_error(PC_ERR_INVALID, "step must be greater than zero");
-        PySlice_AdjustIndices((Py_ssize_t)t->shape[*d], &start, &stop, step);
-        if (stop < start) stop = start;
+        if (start < 0 || stop < 0) {
+            /* counted from the end: resolved with this size, which a trace then bakes in */
+            pc_trace_note_shape_read(pc_trace_active(), t);
+            PySlice_AdjustIndices((Py_ssize_t)t->shape[*d], &start, &stop, step);
+            if (stop < start) stop = start;
+        } /* else the op clamps (an open stop stays PY_SSIZE_T_MAX): replays on any size */
         c.opc = PC_OPC_SLICE;
         c.ints[0] = *d;
         c.sizes[0] = start;
