@@ -475,7 +475,8 @@ def case_disagree(what):
     stage = PipelineStage(model.layers[rank], rank, world, DEV)
     cls = ScheduleGPipe if (what == "schedule" and rank == 1) else Schedule1F1B
     n = 8 if (what == "n_microbatches" and rank == 1) else 4
-    sched = cls(stage, n, loss_fn=ts.mse_sum)
+    loss_fn = None if (what == "loss_fn" and rank == 0) else ts.mse_sum
+    sched = cls(stage, n, loss_fn=loss_fn)
     sched.sum_tied_grads = not (what == "sum_tied_grads" and rank == 1)
     x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
     try:
@@ -835,6 +836,47 @@ def case_missing_inputs():
     raise AssertionError("a step without inputs ran")
 
 
+def case_mode_change():
+    """model.eval() after a training step: a stage without mode-dependent code keeps its
+    runtime (eval runs, equal to the eager model); one with dropout refuses (rank 0), and
+    the other rank stops with an error instead of waiting."""
+    import pipec
+    import test_schedules as ts
+    from pipec import nn
+    from pipec.pipelining import PipelineStage, ScheduleGPipe
+    rank, world = _setup(timeout=10)
+    for dropout in (False, True):
+        model = ts.new_multimlp(2, DEV)
+        mod = model.layers[rank]
+        if dropout and rank == 0:
+            mod = nn.Sequential(mod, nn.Dropout(0.5))
+        sched = ScheduleGPipe(PipelineStage(mod, rank, 2, DEV), 4, loss_fn=ts.mse_sum)
+        x, t = _data(0, 8, ts.D_HID, "float", ts.D_HID)
+        args, kw = ((x,), {}) if rank == 0 else ((), {"target": t})
+        sched.step(*args, **kw)
+        mod.eval()
+        try:
+            out = sched.eval(*args, **kw)
+        except (RuntimeError, pipec.PipelineError) as e:
+            assert dropout, f"no dropout, yet: {e}"
+            assert rank == 1 or "changed training mode" in str(e), str(e)
+            print(f"OK rank {rank} refused with dropout", flush=True)
+            continue
+        assert not dropout, "a dropout stage ran eval() with its training-mode trace"
+        if rank == 1:
+            with pipec.no_grad():
+                ts.assert_close(out, model(x), "eval after mod.eval()")
+        print(f"OK rank {rank} eval without dropout", flush=True)
+
+
+def test_mode_change_across_processes():
+    res, _ = _launch(2, "case_mode_change")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r in (0, 1):
+        assert f"[rank{r}]: OK rank {r} eval without dropout" in res.stdout, res.stdout
+        assert f"[rank{r}]: OK rank {r} refused with dropout" in res.stdout, res.stdout
+
+
 def test_missing_inputs_are_named_on_every_rank():
     res, _ = _launch(2, "case_missing_inputs")
     _assert_ok(res, 2)
@@ -936,7 +978,7 @@ def test_failing_rank_is_named_not_a_hang(mode, backend):
         assert "loss_fn failed on purpose" in se1, se1
 
 
-@pytest.mark.parametrize("what", ["schedule", "n_microbatches", "sum_tied_grads"])
+@pytest.mark.parametrize("what", ["schedule", "n_microbatches", "sum_tied_grads", "loss_fn"])
 def test_ranks_that_disagree_are_refused(what):
     res, _ = _launch(2, "case_disagree", what)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -117,15 +117,30 @@ class _DistExecutor(_Executor):
     def _last_stage(self):
         return self.local.get(self.num_stages - 1)
 
-    def _retrace(self):
-        # the runtime was built together with the other ranks (shape inference): a new
-        # trace would need them all to rebuild at this very step
-        changed = [st.stage_index for st in self.stages if st._retrace_needed()]
-        raise RuntimeError(
-            f"stages {changed} changed training mode (train()/eval()) since they were "
-            "traced at the first step; a multi-process pipeline keeps the traced programs, "
-            "so build new stages and a new schedule for the other mode (or trace the model "
-            "with pipeline() in the mode to run)")
+    def _retrace(self, chunk):
+        """Stages whose modules changed training mode: the runtime was built together with
+        the other ranks (shape inference), so it is kept when the stage traced in the new
+        mode is the same code (no dropout and the like); otherwise this raises."""
+        for st in [st for st in self.stages if st._retrace_needed()]:
+            dev = str(st.device)
+            if st.stage_index == 0:
+                args, kwargs = _to_device(chunk, dev)
+            else:
+                args = [zeros(m[1], dtype=_dtype(m[0]), device=dev)
+                        for m in self._in_metas[st.stage_index]]
+                kwargs = {}
+            if st.stage_index == 0 and not (args or kwargs):
+                same = False
+            else:
+                same = st._trace_program(args, kwargs)[0].same_code(st._program)
+            if not same:
+                raise RuntimeError(
+                    f"stage {st.stage_index} changed training mode (train()/eval()) since it "
+                    "was traced at the first step, and traced in the new mode it runs other "
+                    "code (dropout, say); a multi-process pipeline keeps the programs traced "
+                    "at its first step, so build new stages and a new schedule for the other "
+                    "mode")
+            st._traced_modes = st._modes()
 
     def _peer(self, stage):
         return self.ranks[self.stage_to_rank[stage]]
@@ -266,6 +281,7 @@ class _DistExecutor(_Executor):
             for peer in sorted({self._peer(c) for c in consumers(s)} - {self.my_global}):
                 self.comm.send_bytes(data, peer, _meta_tag(s))
         del vals_out
+        self._in_metas = in_metas
 
         desc = []
         for s in range(n):

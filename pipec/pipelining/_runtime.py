@@ -222,18 +222,20 @@ class _Executor:
         pos, spec = self._out_structure
         return _unflatten([outputs[i] for i in pos], spec)
 
-    def _refresh(self):
+    def _refresh(self, chunk):
         """Before a step: follow changes to the stages since the runtime was built. A
         manual stage whose modules changed training mode is traced again (the runtime is
-        rebuilt); a replaced parameter or buffer is handed to the runtime."""
+        rebuilt; chunk: this step's first microbatch); a replaced parameter or buffer is
+        handed to the runtime."""
         if self._rt is None:
             return
         from ..nn.modules.module import changes
         if changes() == self._seen_changes:  # no module attribute changed since
             return
         if any(st._retrace_needed() for st in self.stages):
-            self._retrace()
-            return
+            self._retrace(chunk)
+            if self._rt is None:
+                return
         for st in self.stages:
             before = self._built_externals.get(st.stage_index)
             if before is None:
@@ -257,7 +259,7 @@ class _Executor:
                 self._built_externals[st.stage_index] = now
         self._seen_changes = changes()
 
-    def _retrace(self):
+    def _retrace(self, chunk):
         for st in self.stages:
             if st._retrace_needed():
                 st._forget_program()
@@ -278,7 +280,7 @@ class _Executor:
 
     def run(self, arg_mbs, target_mbs, losses, training, record_timeline=False):
         """One step. arg_mbs: per microbatch, (args tuple, kwargs dict)."""
-        self._refresh()
+        self._refresh(arg_mbs[0])
         if self._rt is None:
             self._build(arg_mbs[0])
         per_mb = [self._input_leaves(chunk) for chunk in arg_mbs]
