@@ -353,6 +353,7 @@ out:
         for (Py_ssize_t s = 0; s < ns; s++) {
             PyObject *cap = PyCapsule_New(exts[s], NULL, free_ext_capsule);
             if (!cap || PyList_Append(((PcPyRuntime *)ret)->keep, cap) < 0) {
+                if (cap) exts[s] = NULL; /* the capsule frees it */
                 Py_XDECREF(cap);
                 Py_CLEAR(ret);
                 break;
