@@ -1062,3 +1062,27 @@ def test_sizes_hidden_in_slices_and_constants(how):
     else:
         with pytest.raises(ValueError, match="were traced with"):
             lp.eval(x)
+
+
+@pytest.mark.parametrize("how", ["load_state_dict_assign", "direct", "to_double"])
+def test_parameters_replaced_without_an_attribute_assignment(how):
+    """load_state_dict(assign=True), .to() and direct _parameters edits change tensors
+    without Module.__setattr__: the next step still uses the new ones."""
+    _seeded(60)
+    m = nn.Linear(D, D)
+    sched = ScheduleGPipe(PipelineStage(m, 0, 1, "cpu"), 2)
+    x = pipec.randn(BATCH, D)
+    sched.eval(x)
+    if how == "load_state_dict_assign":
+        m.load_state_dict({"weight": nn.Parameter(pipec.zeros(D, D)),
+                           "bias": nn.Parameter(pipec.ones(D))}, assign=True)
+    elif how == "direct":
+        m._parameters["bias"] = nn.Parameter(pipec.full((D,), 3.0))
+    else:  # parameters converted in place (same objects), buffers would be replaced
+        m.to(pipec.float64)
+        x = x.to(pipec.float64)
+        out = sched.eval(x)
+        assert out.dtype == pipec.float64
+        np.testing.assert_allclose(np_(out), np_(m(x).detach()), rtol=1e-12, atol=1e-12)
+        return
+    assert_close(sched.eval(x), m(x).detach(), how)

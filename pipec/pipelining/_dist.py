@@ -131,13 +131,14 @@ class _DistExecutor(_Executor):
                 kwargs = {}
             if st.stage_index == 0 and not (args or kwargs):
                 same = False
-            else:
-                same = st._trace_program(args, kwargs)[0].same_code(st._program)
+            else:  # the same code on the same parameters (not an EMA copy in eval, say)
+                prog, ext_names = st._trace_program(args, kwargs)[:2]
+                same = prog.same_code(st._program) and list(ext_names) == list(st._ext_names)
             if not same:
                 raise RuntimeError(
                     f"stage {st.stage_index} changed training mode (train()/eval()) since it "
                     "was traced at the first step, and traced in the new mode it runs other "
-                    "code (dropout, say); a multi-process pipeline keeps the programs traced "
+                    "code or reads other parameters (dropout, say); a multi-process pipeline keeps the programs traced "
                     "at its first step, so build new stages and a new schedule for the other "
                     "mode")
             st._traced_modes = st._modes()

@@ -195,6 +195,8 @@ class _Executor:
         self._built_externals = {st.stage_index: list(st._externals())
                                  for st in self.stages if st._program is not None}
         self._out_structure = self._output_structure()
+        self._owners = {st.stage_index: st._external_owners() for st in self.stages
+                        if st.stage_index in self._built_externals}
         from ..nn.modules.module import changes
         self._seen_changes = changes()
         self._verified_shapes = set()
@@ -226,38 +228,44 @@ class _Executor:
         """Before a step: follow changes to the stages since the runtime was built. A
         manual stage whose modules changed training mode is traced again (the runtime is
         rebuilt; chunk: this step's first microbatch); a replaced parameter or buffer is
-        handed to the runtime."""
+        handed to the runtime. Modes and the module tree are looked at only when a Module
+        attribute changed (nn's change counter); the parameters themselves every step,
+        by identity through cached owner dicts (load_state_dict(assign=True), .to() and
+        direct _parameters edits replace them without an attribute assignment)."""
         if self._rt is None:
             return
         from ..nn.modules.module import changes
-        if changes() == self._seen_changes:  # no module attribute changed since
-            return
-        if any(st._retrace_needed() for st in self.stages):
-            self._retrace(chunk)
-            if self._rt is None:
-                return
+        if changes() != self._seen_changes:
+            if any(st._retrace_needed() for st in self.stages):
+                self._retrace(chunk)
+                if self._rt is None:
+                    return
+            self._owners = {st.stage_index: st._external_owners() for st in self.stages
+                            if st.stage_index in self._built_externals}
+            self._seen_changes = changes()
         for st in self.stages:
-            before = self._built_externals.get(st.stage_index)
-            if before is None:
+            owners = self._owners.get(st.stage_index)
+            if owners is None:
                 continue
-            now = list(st._externals())
-            if any(a is not b for a, b in zip(now, before)):
-                names = getattr(st.submod, "_ext_names", None) or st._ext_names
-                for name, old, new in zip(names, before, now):
-                    if new is None:
-                        raise RuntimeError(f"stage {st.stage_index}: {name} was removed "
-                                           "after the stage was traced")
-                    if new is not old and (new.dtype != old.dtype or
-                                           tuple(new.shape) != tuple(old.shape) or
-                                           str(new.device) != str(old.device)):
-                        raise ValueError(
-                            f"stage {st.stage_index}: {name} was replaced by a tensor of "
-                            f"another dtype, shape or device ({new.dtype}, "
-                            f"{tuple(new.shape)}, {new.device}; traced with {old.dtype}, "
-                            f"{tuple(old.shape)}, {old.device})")
-                self._rt.set_externals(st.stage_index, now)
-                self._built_externals[st.stage_index] = now
-        self._seen_changes = changes()
+            before = self._built_externals[st.stage_index]
+            now = [d.get(k) for d, k in owners]
+            if all(a is b for a, b in zip(now, before)):
+                continue
+            names = getattr(st.submod, "_ext_names", None) or st._ext_names
+            for name, old, new in zip(names, before, now):
+                if new is None:
+                    raise RuntimeError(f"stage {st.stage_index}: {name} was removed "
+                                       "after the stage was traced")
+                if new is not old and (new.dtype != old.dtype or
+                                       tuple(new.shape) != tuple(old.shape) or
+                                       str(new.device) != str(old.device)):
+                    raise ValueError(
+                        f"stage {st.stage_index}: {name} was replaced by a tensor of "
+                        f"another dtype, shape or device ({new.dtype}, "
+                        f"{tuple(new.shape)}, {new.device}; traced with {old.dtype}, "
+                        f"{tuple(old.shape)}, {old.device})")
+            self._rt.set_externals(st.stage_index, now)
+            self._built_externals[st.stage_index] = now
 
     def _retrace(self, chunk):
         for st in self.stages:
@@ -359,7 +367,8 @@ class _Executor:
         for m, sh in enumerate(shapes):
             if sh == traced or sh in verified:
                 continue
-            if pipe is not None and pipe._batch_free and _rows_differ_only(traced, sh):
+            if pipe is not None and getattr(pipe, "_batch_free", False) and \
+                    _rows_differ_only(traced, sh):
                 verified.add(sh)
                 continue
             same, why = self._same_programs_for(arg_mbs[m])
@@ -558,8 +567,8 @@ def _rows_differ_only(a, b):
 def _check_keywords_reach(stages, kwargs):
     """Manual stages: the model's keyword arguments go to the first stage only (later
     stages get their predecessor's outputs). Refuse a keyword that a later stage's forward
-    takes too (by name or through ``**kwargs``), rather than leave it at its default there
-    without a word."""
+    takes by name, rather than leave it at its default there without a word; warn when a
+    later stage takes ``**kwargs``."""
     if not kwargs:
         return
     import inspect

@@ -146,6 +146,21 @@ class PipelineStage:
         self._program = None
         self._traced_modes = None
 
+    def _external_owners(self):
+        """[(dict, name)] holding each of the Program's parameters and buffers, in order
+        (a module's _parameters or _buffers): a cheap look-up of the current tensors while
+        the module tree stays the same."""
+        names = getattr(self.submod, "_ext_names", None) \
+            if getattr(self.submod, "_program", None) is self._program else None
+        out = []
+        for name in names if names is not None else self._ext_names:
+            *path, leaf = name.split(".")
+            mod = self.submod
+            for p in path:
+                mod = mod._modules[p]
+            out.append((mod._parameters if leaf in mod._parameters else mod._buffers, leaf))
+        return out
+
     def _externals(self):
         """Current parameter/buffer tensors in the Program's order."""
         if hasattr(self.submod, "_externals") and \

@@ -10,7 +10,7 @@ import operator
 from collections import OrderedDict
 from collections import abc as container_abcs
 
-from .module import Module, _addindent
+from .module import Module, _addindent, _changed
 
 __all__ = ["Sequential", "ModuleList", "ModuleDict"]
 
@@ -106,6 +106,7 @@ class Sequential(Module):
             index += n
         mods = list(self._modules.values())
         mods.insert(index, module)
+        _changed()
         self._modules.clear()
         for i, m in enumerate(mods):
             self._modules[str(i)] = m
@@ -187,6 +188,7 @@ class ModuleList(Module):
         if index < 0:
             index = max(0, index + n)
         index = min(index, n)
+        _changed()
         for i in range(n, index, -1):
             self._modules[str(i)] = self._modules[str(i - 1)]
         self._modules[str(index)] = module
@@ -249,6 +251,7 @@ class ModuleDict(Module):
         self.add_module(key, module)
 
     def __delitem__(self, key):
+        _changed()
         del self._modules[key]
 
     def __len__(self):
@@ -261,6 +264,7 @@ class ModuleDict(Module):
         return key in self._modules
 
     def clear(self):
+        _changed()
         self._modules.clear()
 
     def pop(self, key):
