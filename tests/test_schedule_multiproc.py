@@ -877,6 +877,51 @@ def test_mode_change_across_processes():
         assert f"[rank{r}]: OK rank {r} refused with dropout" in res.stdout, res.stdout
 
 
+def case_baked_size_on_another_rank():
+    """A Pipe traced on 4-row microbatches whose second stage (rank 1) divides by
+    x.shape[0]: run on 8-row microbatches, rank 0 (which holds the inputs, and the Pipe
+    with every stage's Program) traces again, sees rank 1's stage differ and refuses;
+    rank 1 stops with an error instead of computing with the baked size."""
+    import pipec
+    from pipec import nn
+    from pipec.pipelining import ScheduleGPipe, pipe_split, pipeline
+
+    class Baked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.a(x)
+            pipe_split()
+            return self.b(h) / x.shape[0]
+
+    rank, world = _setup(timeout=10)
+    pipec.manual_seed(0)
+    model = Baked()
+    pipe = pipeline(model, (pipec.randn(4, 8),))
+    sched = ScheduleGPipe(pipe.build_stage(rank, DEV), 2)
+    x = pipec.randn(16, 8)
+    try:
+        sched.eval(x) if rank == 0 else sched.eval()
+    except ValueError as e:
+        assert rank == 0 and "were traced with" in str(e), str(e)
+        print(f"OK rank {rank} refused", flush=True)
+        return
+    except pipec.PipelineError as e:
+        assert rank == 1, str(e)
+        print(f"OK rank {rank} stopped", flush=True)
+        return
+    raise AssertionError("a baked size ran on other shapes")
+
+
+def test_baked_size_on_another_rank_is_refused():
+    out, _ = _spawn(2, "case_baked_size_on_another_rank")
+    for r in (0, 1):
+        assert out[r][0] == 0 and "OK" in out[r][1], out[r][1] + out[r][2]
+
+
 def test_missing_inputs_are_named_on_every_rank():
     res, _ = _launch(2, "case_missing_inputs")
     _assert_ok(res, 2)

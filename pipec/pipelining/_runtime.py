@@ -360,9 +360,12 @@ class _Executor:
         traced = sig.shapes if sig is not None and sig.shapes is not None else shapes[0]
         if all(sh == traced for sh in shapes):
             return
-        if not any(st._program.reads_shapes for st in self.stages):
-            return
         pipe = self._pipe()
+        # a Pipe holds every stage's Program, also those run by other ranks
+        progs = [pipe.get_stage_module(i).program for i in range(pipe.num_stages)] \
+            if pipe is not None else [st._program for st in self.stages]
+        if not any(p.reads_shapes for p in progs):
+            return
         verified = self._verified_shapes
         for m, sh in enumerate(shapes):
             if sh == traced or sh in verified:
@@ -398,7 +401,8 @@ class _Executor:
             except Exception as e:  # noqa: BLE001 - e.g. the model now spread over devices
                 return False, f"tracing the model again on these shapes failed ({e})"
             same = len(pieces) == pipe.num_stages and all(
-                pieces[st.stage_index][0].same_code(st._program) for st in self.stages)
+                piece[0].same_code(pipe.get_stage_module(i).program)
+                for i, piece in enumerate(pieces))
             return same, "" if same else "traced again, they differ"
 
         def program_of(st, args, kwargs):
