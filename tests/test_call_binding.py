@@ -419,19 +419,21 @@ def dict_loss(o, t):
     return ((o["out"] - t) ** 2).sum() + (o["aux"] ** 2).sum()
 
 
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("schedule", ["GPipe", "1F1B"])
 @pytest.mark.parametrize("scale_grads", [False, True])
-def test_dict_output_training(schedule, scale_grads):
+def test_dict_output_training(schedule, scale_grads, kind):
     _seeded(8)
     n = 4
-    m = DictOut()
+    dev = "cuda:0" if kind == "cuda" else "cpu"
+    m = DictOut().to(dev)
     ref = copy.deepcopy(m)
-    pipe = pipeline(m, (pipec.randn(BATCH // n, D),))
-    lp = LocalPipeline(pipe, schedule, n, ["cpu", "cpu"], loss_fn=dict_loss,
+    pipe = pipeline(m, (pipec.randn(BATCH // n, D, device=dev),))
+    lp = LocalPipeline(pipe, schedule, n, [dev, dev], loss_fn=dict_loss,
                        scale_grads=scale_grads)
     mods = [(pipe.get_stage_module(i), "") for i in range(2)]
     for step in range(2):  # gradients accumulate over the steps
-        x, t = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
+        x, t = pipec.randn(BATCH, D, device=dev), pipec.randn(BATCH, D, device=dev)
         losses = []
         out = lp.step(x, target=t, losses=losses)
         assert isinstance(out, dict) and set(out) == {"out", "aux"}
@@ -547,16 +549,18 @@ def test_build_stage_rejects_a_module_that_is_not_stage_i():
 
 # ---- 5. a parameter replaced after the first step ----
 
-def test_replaced_parameter_used_by_eval_and_step():
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
+def test_replaced_parameter_used_by_eval_and_step(kind):
     _seeded(13)
-    m = Lin()
-    x, t = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
-    sched = ScheduleGPipe(PipelineStage(m, 0, 1, "cpu"), 2, loss_fn=mse_sum,
+    dev = "cuda:0" if kind == "cuda" else "cpu"
+    m = Lin().to(dev)
+    x, t = pipec.randn(BATCH, D, device=dev), pipec.randn(BATCH, D, device=dev)
+    sched = ScheduleGPipe(PipelineStage(m, 0, 1, dev), 2, loss_fn=mse_sum,
                           scale_grads=False)
     sched.step(x, target=t)
     old = m.lin.weight
     assert old.grad is not None
-    m.lin.weight = nn.Parameter(pipec.zeros(D, D))
+    m.lin.weight = nn.Parameter(pipec.zeros(D, D, device=dev))
     new = m.lin.weight
     assert new is not old
     out = sched.eval(x, target=t)
@@ -902,19 +906,21 @@ class _Reshaping(nn.Module):
         return self.b(h).view(rows, 2, D // 2).sum(1)
 
 
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("traced", ["pipeline", "manual"])
-def test_uneven_microbatches_with_a_baked_size_raise(traced):
+def test_uneven_microbatches_with_a_baked_size_raise(traced, kind):
     """A batch of 9 in 2 microbatches gives 5 and 4 rows. Code that reads x.shape[0] into
     view() was traced with 5: the second microbatch must not run with it (torch would run
     its eager code; pipec re-traces on the new shape and refuses when the Program differs).
     With view(-1, ...) the Programs agree and the step runs, equal to the eager model."""
+    dev = "cuda:0" if kind == "cuda" else "cpu"
     for read_batch in (True, False):
         _seeded(40)
-        model = _Reshaping(read_batch)
-        x = pipec.randn(9, D)
+        model = _Reshaping(read_batch).to(dev)
+        x = pipec.randn(9, D, device=dev)
         if traced == "pipeline":
             pipe = pipeline(model, (pipec.tensor_split(x, 2, 0)[0],))
-            lp = LocalPipeline(pipe, "GPipe", 2, ["cpu", "cpu"])
+            lp = LocalPipeline(pipe, "GPipe", 2, [dev, dev])
         else:
             class First(nn.Module):
                 def __init__(self):
@@ -933,7 +939,7 @@ def test_uneven_microbatches_with_a_baked_size_raise(traced):
                     rows = h.shape[0] if read_batch else -1
                     return self.b(h).view(rows, 2, D // 2).sum(1)
 
-            lp = LocalPipeline([First(), Second()], "GPipe", 2, ["cpu", "cpu"])
+            lp = LocalPipeline([First(), Second()], "GPipe", 2, [dev, dev])
         if read_batch:
             with pytest.raises(ValueError, match="were traced with"):
                 lp.eval(x)
@@ -1042,20 +1048,22 @@ class _SizeUse(nn.Module):
         if self.how == "negative_slice":   # resolved with the traced size
             h = pipec.cat([h[:-1], h[-1:]], 0)
         elif self.how == "constant":       # a size turned into a captured constant
-            h = h / pipec.full((1,), float(x.shape[0]))
+            h = h / pipec.full((1,), float(x.shape[0]), device=h.device)
         elif self.how == "open_slice":     # x[1:], x[:] replay on any size
             h = pipec.cat([h[:1], h[1:]], 0)[:]
         return self.b(h)
 
 
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("how", ["negative_slice", "constant", "open_slice"])
-def test_sizes_hidden_in_slices_and_constants(how):
+def test_sizes_hidden_in_slices_and_constants(how, kind):
     """Slices counted from the end and constants made from a size are size-dependent code
     too (refused for other shapes); open and non-negative slices replay on any size."""
     _seeded(44)
-    model = _SizeUse(how)
-    x = pipec.randn(7, D)
-    lp = LocalPipeline(pipeline(model, (x[:4],)), "GPipe", 2, ["cpu", "cpu"])
+    dev = "cuda:0" if kind == "cuda" else "cpu"
+    model = _SizeUse(how).to(dev)
+    x = pipec.randn(7, D, device=dev)
+    lp = LocalPipeline(pipeline(model, (x[:4],)), "GPipe", 2, [dev, dev])
     if how == "open_slice":
         assert_close(lp.eval(x), pipec.cat([model(c) for c in pipec.tensor_split(x, 2, 0)], 0),
                      "open slices on 4 + 3 rows")
