@@ -1094,3 +1094,21 @@ def test_parameters_replaced_without_an_attribute_assignment(how):
         np.testing.assert_allclose(np_(out), np_(m(x).detach()), rtol=1e-12, atol=1e-12)
         return
     assert_close(sched.eval(x), m(x).detach(), how)
+
+
+def test_directly_replaced_parameter_gets_the_step_gradient():
+    """A parameter put into _parameters directly (no attribute assignment, so no change is
+    signalled) is still held, scaled and accumulated like the others."""
+    _seeded(61)
+    m = nn.Linear(D, D)
+    x, t = pipec.randn(BATCH, D), pipec.randn(BATCH, D)
+    sched = ScheduleGPipe(PipelineStage(m, 0, 1, "cpu"), 2, loss_fn=mse_sum)
+    sched.step(x, target=t)
+    m._parameters["weight"] = nn.Parameter(m.weight.detach().clone() * 0.5)
+    for p in m.parameters():
+        p.grad = None
+    ref = copy.deepcopy(m)
+    for _ in range(2):  # the second step accumulates onto the first
+        sched.step(x, target=t)
+        ref_step(ref, [x], t, 2, mse_sum)
+    assert_grads([(m, "")], ref, 0.5, "directly replaced weight, two steps")

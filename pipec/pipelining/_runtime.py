@@ -519,13 +519,25 @@ class _Executor:
 
     def _hold_grads(self):
         """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
-        cleared so that the step's backward starts from zero."""
-        held, seen = [], set()
-        for p in (p for st in self.stages for p in st.submod.parameters()):
-            if id(p) not in seen:
-                seen.add(id(p))
-                held.append((p, p.grad))
-                p.grad = None
+        cleared so that the step's backward starts from zero. The modules' parameter list
+        is walked again only when a Module attribute changed (nn's change counter); the
+        Programs' current parameters (_refresh keeps them) are added every step, which
+        covers parameters replaced without an attribute assignment."""
+        from ..nn.modules.module import changes
+        if getattr(self, "_params_at", None) != changes():
+            seen, params = set(), []
+            for p in (p for st in self.stages for p in st.submod.parameters()):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+            self._params, self._param_ids, self._params_at = params, seen, changes()
+        params, seen = self._params, self._param_ids
+        extra = [t for ts in self._built_externals.values() for t in ts
+                 if t is not None and t._is_param and id(t) not in seen]
+        held = []
+        for p in params + list({id(t): t for t in extra}.values()):
+            held.append((p, p.grad))
+            p.grad = None
         return held
 
 
