@@ -2,8 +2,8 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off|verify ...]      (default: all; several modes
-#     run one after another with one build)
+#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off|verify ...]
+# (default: all; several modes run one after another with one build)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
 # PIPEC_TEST_PEER_COPY=1 (the cross-GPU hand-off between ranks on this one GPU),
@@ -66,6 +66,15 @@ if [ $built = 1 ] && wants nccl; then
         --out "$LOGDIR/pipeline_mp_shared_gpu.md"
     step p2p p2p.log timeout 60 "$PY" bench/p2p.py --max-mib 64 --out "$LOGDIR/p2p_shared_gpu.md"
 fi
+# large_bf16 1F1B with weight-gradient batching off, then on ($1: seconds each)
+batching_off_on() {
+    for rows in 0 1024; do
+        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout "$1" "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
+            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+        grep "| 1F1B" "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
+    done
+}
 if [ $built = 1 ] && wants verify; then
     # the short form of `group wgradq` for a small device budget, most important first:
     # the NCCL send/receive pairs (DualPipeV and every schedule with 32 MiB messages, the
@@ -83,12 +92,7 @@ if [ $built = 1 ] && wants verify; then
         --durations=8 -rs
     step nccl_dualpipev nccl_dualpipev.log timeout 150 "$PY" -m pytest -q -m nccl_ranks -rs \
         --durations=5 tests/test_schedule_multiproc.py -k "DualPipeV and not large_messages"
-    for rows in 0 1024; do
-        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 90 "$PY" bench/pipeline.py \
-            --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
-            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
-        grep "| 1F1B" "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
-    done
+    batching_off_on 90
 fi
 if [ $built = 1 ] && wants wgradq; then
     # a shorter wgrad: its GPU tests, then large_bf16 1F1B with batching off and on
@@ -96,12 +100,7 @@ if [ $built = 1 ] && wants wgradq; then
     step wgrad_tests wgrad_tests.log timeout 200 env PIPEC_WGRAD_BATCH_ROWS=1024 "$PY" -m pytest \
         -q -m "cuda or nccl_ranks" tests/test_wgrad_batch.py tests/test_schedule_multiproc.py \
         -k "wgrad" -rs
-    for rows in 0 1024; do
-        step "pipeline_rows$rows" "pipeline_rows$rows.log" timeout 100 "$PY" bench/pipeline.py \
-            --devices cuda:0,cuda:0 --configs large_bf16 --schedules 1F1B --steps 3 \
-            --wgrad-batch-rows $rows --out "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
-        grep "| 1F1B" "$LOGDIR/pipeline_1gpu_q_rows$rows.md"
-    done
+    batching_off_on 100
 fi
 if [ $built = 1 ] && wants wgrad; then
     # weight-gradient batching: its numerics on the GPU, then the pipelines with it off and on

@@ -114,8 +114,9 @@ void pc_stage_io_free(int n, PcStageIO *io);
 
 /* True when a and b do the same work: the same slots, calls with the same arguments (ints,
  * sizes, scalars), wiring and constants of the same dtype and shape, and the same values
- * for constants up to 64 KiB (custom Functions' Python objects are not compared). Two traces of one model on inputs of
- * different shapes are the same code unless a size of the inputs was baked in. */
+ * for constants up to 64 KiB (custom Functions' Python objects are not compared). Two
+ * traces of one model on inputs of different shapes are the same code unless a size of
+ * the inputs was baked in. */
 bool pc_program_same_code(const PcProgram *a, const PcProgram *b);
 
 /* Human-readable listing into a malloc'd string (caller frees). */

@@ -22,11 +22,10 @@ typedef struct {
     PyObject_HEAD
     PcRuntime *rt;        /* owned */
     PyObject *keep;       /* owned: list of objects the runtime borrows from */
-    PyObject *params;     /* owned: per stage, the list of its parameters (the tensors in
-                             ext[s], which the runtime borrows) */
-    PcTensor ***ext;      /* owned [n_stages] array; the arrays in it belong to capsules in
-                             `keep` (the C runtime borrows them) */
-    int *n_ext;           /* owned [n_stages] */
+    PyObject *params;     /* owned: per stage, the list of its parameters (owned references
+                             that keep the tensors in ext[s] alive) */
+    PcTensor ***ext;      /* owned [n_stages] arrays of len(params[s]) borrowed tensors; the
+                             C runtime borrows the arrays, so they are freed after it */
     PyObject *loss_fn;    /* owned or NULL */
     PyObject *dw_fns;     /* owned dict stage -> callable, or NULL */
     PyObject *custom_fn;  /* owned callable(rank, action_text), or NULL */
@@ -136,10 +135,9 @@ static int runtime_clear(PcPyRuntime *self) {
     }
     Py_CLEAR(self->keep);
     Py_CLEAR(self->params);
+    for (int s = 0; self->ext && s < self->n_stages; s++) PyMem_Free(self->ext[s]);
     PyMem_Free(self->ext);
     self->ext = NULL;
-    PyMem_Free(self->n_ext);
-    self->n_ext = NULL;
     Py_CLEAR(self->loss_fn);
     Py_CLEAR(self->dw_fns);
     Py_CLEAR(self->custom_fn);
@@ -165,8 +163,6 @@ static void runtime_dealloc(PcPyRuntime *self) {
             return NULL;                                                                  \
         }                                                                                 \
     } while (0)
-
-static void free_ext_capsule(PyObject *cap) { PyMem_Free(PyCapsule_GetPointer(cap, NULL)); }
 
 /* A list of (dtype, shape, requires_grad), n long, into metas[n]; None gives NULL. */
 static int parse_metas(PyObject *obj, int n, const char *what, PcValueMeta **out) {
@@ -229,9 +225,8 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->keep = PyList_New(0);
     self->params = PyList_New(ns);
     self->ext = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *self->ext);
-    self->n_ext = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *self->n_ext);
     self->n_stages = (int)ns;
-    if (!self->keep || !self->params || !self->ext || !self->n_ext) {
+    if (!self->keep || !self->params || !self->ext) {
         Py_DECREF(self);
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
@@ -283,9 +278,9 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PcRuntimeStageDesc *desc = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *desc);
     PcStageInput **ins = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *ins);
     PcValueMeta **metas = PyMem_Calloc((size_t)(2 * ns + 1), sizeof *metas);
-    PcTensor ***exts = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof *exts);
+    PcTensor ***exts = self->ext; /* owned by self */
     PyObject *ret = NULL;
-    if (!desc || !ins || !exts || !metas || !self->keep) {
+    if (!desc || !ins || !metas) {
         PyErr_NoMemory();
         goto out;
     }
@@ -342,33 +337,10 @@ static PyObject *runtime_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 out:
     for (Py_ssize_t s = 0; metas && s < 2 * ns; s++) PyMem_Free(metas[s]); /* copied */
     PyMem_Free(metas);
-    for (Py_ssize_t s = 0; s < ns; s++) {
-        if (ins) PyMem_Free(ins[s]);
-        /* exts[s] must outlive the runtime: the C runtime copies only the pointer */
-    }
+    for (Py_ssize_t s = 0; ins && s < ns; s++) PyMem_Free(ins[s]); /* copied */
     PyMem_Free(ins);
     PyMem_Free(desc);
-    if (ret) {
-        /* keep the ext arrays alive in a capsule list owned by the object */
-        for (Py_ssize_t s = 0; s < ns; s++) {
-            PyObject *cap = PyCapsule_New(exts[s], NULL, free_ext_capsule);
-            if (!cap || PyList_Append(((PcPyRuntime *)ret)->keep, cap) < 0) {
-                if (cap) exts[s] = NULL; /* the capsule frees it */
-                Py_XDECREF(cap);
-                Py_CLEAR(ret);
-                break;
-            }
-            Py_DECREF(cap);
-            ((PcPyRuntime *)ret)->ext[s] = exts[s];
-            ((PcPyRuntime *)ret)->n_ext[s] = (int)PyList_GET_SIZE(
-                PyList_GET_ITEM(((PcPyRuntime *)ret)->params, s));
-            exts[s] = NULL; /* owned by the capsule now */
-        }
-    }
-    if (exts)
-        for (Py_ssize_t s = 0; s < ns; s++) PyMem_Free(exts[s]);
-    PyMem_Free(exts);
-    Py_XDECREF(self);
+    Py_XDECREF(self); /* on failure; frees its ext arrays */
     return ret;
 }
 
@@ -383,16 +355,17 @@ static PyObject *rt_set_externals(PcPyRuntime *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "set_externals: no stage %d with parameters here", s);
         return NULL;
     }
-    if (PyList_GET_SIZE(params) != self->n_ext[s]) {
-        PyErr_Format(PyExc_ValueError, "set_externals: stage %d takes %d parameters, got %zd",
-                     s, self->n_ext[s], PyList_GET_SIZE(params));
+    Py_ssize_t n = PyList_GET_SIZE(PyList_GET_ITEM(self->params, s));
+    if (PyList_GET_SIZE(params) != n) {
+        PyErr_Format(PyExc_ValueError, "set_externals: stage %d takes %zd parameters, got %zd",
+                     s, n, PyList_GET_SIZE(params));
         return NULL;
     }
-    for (int i = 0; i < self->n_ext[s]; i++) /* check all before changing any */
+    for (Py_ssize_t i = 0; i < n; i++) /* check all before changing any */
         if (!pc_py_unwrap(PyList_GET_ITEM(params, i), "stage parameter")) return NULL;
-    PyObject *copy = PyList_GetSlice(params, 0, PyList_GET_SIZE(params));
+    PyObject *copy = PyList_GetSlice(params, 0, n); /* new reference, kept in self->params */
     if (!copy) return NULL;
-    for (int i = 0; i < self->n_ext[s]; i++)
+    for (Py_ssize_t i = 0; i < n; i++)
         self->ext[s][i] = pc_py_unwrap(PyList_GET_ITEM(copy, i), "stage parameter");
     PyList_SetItem(self->params, s, copy); /* steals; drops the old list */
     Py_RETURN_NONE;
@@ -522,7 +495,7 @@ static PyObject *rt_input_grads(PcPyRuntime *self, PyObject *arg) {
         PcTensor *d;
         PcStatus st = pc_op_detach(g[i], &d);
         PyObject *w = st == PC_OK ? pc_py_wrap(d) : pc_py_raise(st);
-        PyObject *item = w ? Py_BuildValue("(iN)", idx[i], w) : NULL;
+        PyObject *item = w ? Py_BuildValue("(iN)", idx[i], w) : NULL; /* N: steals w */
         if (!item || PyList_Append(out, item) < 0) Py_CLEAR(out);
         Py_XDECREF(item);
     }

@@ -350,7 +350,7 @@ static PyObject *program_same_code(PcPyProgram *self, PyObject *other) {
 
 static PyMethodDef program_methods[] = {
     {"same_code", (PyCFunction)program_same_code, METH_O,
-     "same_code(other): the same calls, arguments, wiring and constant shapes."},
+     "same_code(other): the same calls, arguments, wiring and constants."},
     {"run", (PyCFunction)program_run, METH_VARARGS,
      "run(inputs, params) -> outputs: replay the Program (autograd records as usual)."},
     {"external_tensor", (PyCFunction)program_external_tensor, METH_O,

@@ -181,8 +181,8 @@ def _trace(module, args, kwargs, split_spec):
     they were. Returns (Program, input tensors, output spec, InputSignature of the call)."""
     parameters = InputSignature.parameters_of(module)
     args, kwargs = InputSignature.canonical(parameters, args, kwargs, "pipeline()")
-    in_leaves, _ = _flatten((tuple(args), dict(kwargs)))
-    signature = InputSignature.of(args, kwargs, parameters)
+    in_leaves, in_spec = _flatten((tuple(args), dict(kwargs)))
+    signature = InputSignature(in_spec, tuple(tuple(t.shape) for t in in_leaves), parameters)
     prev_hook = _split._pipe_split_hook
     keep = _KeepBuffers(module)  # (copies made before tracing starts: not part of it)
     _C._trace_begin()

@@ -138,9 +138,9 @@ class _DistExecutor(_Executor):
                 raise RuntimeError(
                     f"stage {st.stage_index} changed training mode (train()/eval()) since it "
                     "was traced at the first step, and traced in the new mode it runs other "
-                    "code or reads other parameters (dropout, say); a multi-process pipeline keeps the programs traced "
-                    "at its first step, so build new stages and a new schedule for the other "
-                    "mode")
+                    "code or reads other parameters (dropout, say); a multi-process "
+                    "pipeline keeps the programs traced at its first step, so build new "
+                    "stages and a new schedule for the other mode")
             st._traced_modes = st._modes()
 
     def _peer(self, stage):

@@ -7,12 +7,14 @@ runs again only for the loss function, custom autograd Functions and dW runners.
 """
 
 import contextlib
+import itertools
 import signal
 import threading
 import time
 
 from .. import _C
 from ..autograd import is_grad_enabled
+from ..nn.modules.module import changes
 from . import microbatch as _mb
 from . import schedules as _sched
 from ._IR import _KeepBuffers, _flatten, _unflatten
@@ -197,9 +199,9 @@ class _Executor:
         self._out_structure = self._output_structure()
         self._owners = {st.stage_index: st._external_owners() for st in self.stages
                         if st.stage_index in self._built_externals}
-        from ..nn.modules.module import changes
         self._seen_changes = changes()
         self._verified_shapes = set()
+        self._held_params = None  # made by _hold_grads
 
     def _output_structure(self):
         """(positions, spec): the model's outputs as positions among the last stage's
@@ -234,7 +236,6 @@ class _Executor:
         direct _parameters edits replace them without an attribute assignment)."""
         if self._rt is None:
             return
-        from ..nn.modules.module import changes
         if changes() != self._seen_changes:
             if any(st._retrace_needed() for st in self.stages):
                 self._retrace(chunk)
@@ -243,6 +244,7 @@ class _Executor:
             self._owners = {st.stage_index: st._external_owners() for st in self.stages
                             if st.stage_index in self._built_externals}
             self._seen_changes = changes()
+            self._held_params = None
         for st in self.stages:
             owners = self._owners.get(st.stage_index)
             if owners is None:
@@ -251,8 +253,7 @@ class _Executor:
             now = [d.get(k) for d, k in owners]
             if all(a is b for a, b in zip(now, before)):
                 continue
-            names = getattr(st.submod, "_ext_names", None) or st._ext_names
-            for name, old, new in zip(names, before, now):
+            for name, old, new in zip(st._ext_name_list(), before, now):
                 if new is None:
                     raise RuntimeError(f"stage {st.stage_index}: {name} was removed "
                                        "after the stage was traced")
@@ -266,6 +267,7 @@ class _Executor:
                         f"{tuple(old.shape)}, {old.device})")
             self._rt.set_externals(st.stage_index, now)
             self._built_externals[st.stage_index] = now
+            self._held_params = None
 
     def _retrace(self, chunk):
         for st in self.stages:
@@ -357,7 +359,7 @@ class _Executor:
         must give the same Programs (checked once per shape)."""
         shapes = [tuple(tuple(t.shape) for t in ts) for ts in per_mb]
         sig = self._signature()
-        traced = sig.shapes if sig is not None and sig.shapes is not None else shapes[0]
+        traced = sig.shapes if sig is not None else shapes[0]
         if all(sh == traced for sh in shapes):
             return
         pipe = self._pipe()
@@ -518,25 +520,21 @@ class _Executor:
         return [self._structured(self._rt.outputs(m)) for m in range(self.n_microbatches)]
 
     def _hold_grads(self):
-        """[(parameter, its .grad)] for every distinct parameter of the stages, with .grad
-        cleared so that the step's backward starts from zero. The modules' parameter list
-        is walked again only when a Module attribute changed (nn's change counter); the
-        Programs' current parameters (_refresh keeps them) are added every step, which
-        covers parameters replaced without an attribute assignment."""
-        from ..nn.modules.module import changes
-        if getattr(self, "_params_at", None) != changes():
+        """[(parameter, its .grad)] for every distinct parameter of the stages and their
+        Programs, with .grad cleared so that the step's backward starts from zero. The list
+        is made again only after _refresh saw a change (it drops it then)."""
+        if self._held_params is None:
             seen, params = set(), []
-            for p in (p for st in self.stages for p in st.submod.parameters()):
+            programs = (t for ts in self._built_externals.values() for t in ts
+                        if t is not None and t._is_param)
+            for p in itertools.chain((p for st in self.stages for p in st.submod.parameters()),
+                                     programs):
                 if id(p) not in seen:
                     seen.add(id(p))
                     params.append(p)
-            self._params, self._param_ids, self._params_at = params, seen, changes()
-        params, seen = self._params, self._param_ids
-        extra = [t for ts in self._built_externals.values() for t in ts
-                 if t is not None and t._is_param and id(t) not in seen]
-        held = []
-        for p in params + list({id(t): t for t in extra}.values()):
-            held.append((p, p.grad))
+            self._held_params = params
+        held = [(p, p.grad) for p in self._held_params]
+        for p in self._held_params:
             p.grad = None
         return held
 

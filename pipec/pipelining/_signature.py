@@ -45,11 +45,10 @@ def _describe(spec):
 
 class InputSignature:
     """What a stage was traced with: ``spec`` is ``_IR._flatten``'s spec of the call's
-    ``(args, kwargs)``; ``n_tensors`` how many tensors the Program takes."""
+    ``(args, kwargs)``; ``shapes`` those of its tensors, in the Program's order."""
 
-    def __init__(self, spec, n_tensors, parameters=None, shapes=None):
+    def __init__(self, spec, shapes, parameters=None):
         self.spec = spec
-        self.n_tensors = n_tensors
         self.shapes = shapes  # the traced call's tensor shapes, in order
         self.parameters = parameters  # inspect.Signature of the forward, or None
         # a call of that many positional arguments and no keywords is canonical already
@@ -67,13 +66,6 @@ class InputSignature:
             return inspect.signature(module.forward)
         except (TypeError, ValueError):
             return None
-
-    @classmethod
-    def of(cls, args, kwargs, parameters=None):
-        """The signature of a call already in canonical form (see ``canonical``)."""
-        from ._IR import _flatten
-        leaves, spec = _flatten((tuple(args), dict(kwargs or {})))
-        return cls(spec, len(leaves), parameters, tuple(tuple(t.shape) for t in leaves))
 
     @staticmethod
     def canonical(parameters, args, kwargs, what="stage"):
@@ -93,10 +85,6 @@ class InputSignature:
                     and not isinstance(p.default, Tensor)):
                 bound.arguments[name] = p.default
         return tuple(bound.args), dict(bound.kwargs)
-
-    @property
-    def keywords(self):
-        return [k for k, _ in self.spec[1][1][1]]
 
     def bind(self, args, kwargs, what="stage"):
         """The tensors of ``fn(*args, **kwargs)`` in the traced order. Raises

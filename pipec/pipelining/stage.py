@@ -29,8 +29,8 @@ class PipelineStage:
     device: where it runs; input_args / output_args: example inputs and outputs of one
     microbatch (optional: shapes are inferred when the first step runs; given, the first
     step checks the stage's actual inputs and outputs against their dtypes and shapes and
-    raises PipeliningShapeError on a difference; output_args needs input_args); group: the process group of the pipeline (None: the
-    default group, or this process alone); dw_builder: a zero-argument callable returning a
+    raises PipeliningShapeError on a difference; output_args needs input_args); group: the
+    process group of the pipeline (None: the default group, or this process alone); dw_builder: a zero-argument callable returning a
     function that computes this stage's weight gradients for one microbatch (used by W
     actions of zero-bubble schedules, right after B otherwise)."""
 
@@ -146,14 +146,20 @@ class PipelineStage:
         self._program = None
         self._traced_modes = None
 
+    def _ext_name_list(self):
+        """Names of the Program's parameters and buffers, in its order (a Pipe stage
+        module keeps them itself)."""
+        if getattr(self.submod, "_program", None) is self._program and \
+                hasattr(self.submod, "_ext_names"):
+            return self.submod._ext_names
+        return self._ext_names
+
     def _external_owners(self):
         """[(dict, name)] holding each of the Program's parameters and buffers, in order
         (a module's _parameters or _buffers): a cheap look-up of the current tensors while
         the module tree stays the same."""
-        names = getattr(self.submod, "_ext_names", None) \
-            if getattr(self.submod, "_program", None) is self._program else None
         out = []
-        for name in names if names is not None else self._ext_names:
+        for name in self._ext_name_list():
             *path, leaf = name.split(".")
             mod = self.submod
             for p in path:
@@ -163,18 +169,7 @@ class PipelineStage:
 
     def _externals(self):
         """Current parameter/buffer tensors in the Program's order."""
-        if hasattr(self.submod, "_externals") and \
-                getattr(self.submod, "_program", None) is self._program:
-            return list(self.submod._externals())
-        out = []
-        for name in self._ext_names:
-            *path, leaf = name.split(".")
-            mod = self.submod
-            for p in path:
-                mod = getattr(mod, p)
-            t = mod._parameters.get(leaf) if leaf in mod._parameters else mod._buffers.get(leaf)
-            out.append(t)
-        return out
+        return [d.get(k) for d, k in self._external_owners()]
 
 
 def _stage_from_pipe(pipe, stage_index, device, group=None, dw_builder=None):
