@@ -106,6 +106,7 @@ struct PcTracer {
     IntVec inputs, marks;
     bool paused;
     bool shape_read;
+    double flops; /* matrix-product flops since the last recorded call */
 };
 
 static _Thread_local PcTracer *pc_tls_tracer;
@@ -331,10 +332,35 @@ PcStatus pc_trace_record(PcTracer *tr, const PcCall *c, PcTensor *const *in,
         }
         outs[k] = s;
     }
-    return prog_add_instr(&tr->b, c, ins, outs, NULL);
+    PcInstr *rec;
+    PC_TRY(prog_add_instr(&tr->b, c, ins, outs, &rec));
+    for (int k = 0; k < c->n_out; k++) rec->out_numel[k] = out[k] ? pc_tensor_numel(out[k]) : 0;
+    rec->flops = tr->flops;
+    tr->flops = 0.0;
+    return PC_OK;
 }
 
 PcStatus pc_trace_mark(PcTracer *tr) { return ivec_push(&tr->marks, tr->b.p->n_instrs); }
+
+void pc_trace_count_flops(double flops) {
+    if (pc_tls_tracer) pc_tls_tracer->flops += flops;
+}
+
+PcStatus pc_program_set_marks(PcProgram *p, int n, const int *marks) {
+    for (int i = 0; i < n; i++) {
+        if (marks[i] < 0 || marks[i] > p->n_instrs || (i > 0 && marks[i] <= marks[i - 1]))
+            return pc_set_error(PC_ERR_INVALID,
+                                "split marks must be strictly increasing instruction indices "
+                                "in [0, %d]; mark %d is %d", p->n_instrs, i, marks[i]);
+    }
+    int *v = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    if (!v) return pc_set_error(PC_ERR_OOM, "out of host memory setting split marks");
+    if (n) memcpy(v, marks, sizeof(int) * (size_t)n);
+    free(p->marks);
+    p->marks = v;
+    p->n_marks = n;
+    return PC_OK;
+}
 
 PcStatus pc_trace_end(PcTracer *tr, int n_out, PcTensor *const *outs, PcProgram **out) {
     *out = NULL;
@@ -683,6 +709,8 @@ PcStatus pc_program_split(const PcProgram *p, int *n_stages_out, PcProgram ***st
             }
             PcInstr *ni;
             PC_TRY_GOTO(st, prog_add_instr(&b, &ins->call, ii, oo, &ni));
+            memcpy(ni->out_numel, ins->out_numel, sizeof ni->out_numel);
+            ni->flops = ins->flops;
             if (ni->call.opc == PC_OPC_PYFUNC && ni->call.py && p->py_retain)
                 p->py_retain(ni->call.py);
         }

@@ -41,6 +41,11 @@ typedef struct PcInstr {
     PcCall call;
     int *in;                      /* owned [call.n_in]: slot, or -1 for an absent tensor */
     int out[PC_INSTR_MAX_OUT];    /* slots of the call's outputs */
+    /* What tracing saw (for split policies; not part of the code, same_code ignores it):
+     * the elements of each output, and the floating-point operations of the matrix products
+     * run since the previous recorded call, a custom Function's body included. */
+    int64_t out_numel[PC_INSTR_MAX_OUT];
+    double flops;
 } PcInstr;
 
 typedef struct PcProgram {
@@ -81,6 +86,10 @@ void pc_trace_note_shape_read(PcTracer *tr, const PcTensor *t);
 PcStatus pc_trace_record(PcTracer *tr, const PcCall *c, PcTensor *const *in,
                          PcTensor *const *out);
 PcStatus pc_trace_mark(PcTracer *tr);
+/* Count a matrix product's floating-point operations towards the next recorded call (also
+ * while the tracer is paused, so a custom Function's call carries its body's products).
+ * No-op when this thread is not tracing. */
+void pc_trace_count_flops(double flops);
 /* Finish: outputs in order. Ends tracing on this thread and frees the tracer. */
 PcStatus pc_trace_end(PcTracer *tr, int n_out, PcTensor *const *outs, PcProgram **out);
 /* Abandon a trace (on error). */
@@ -95,6 +104,9 @@ PcStatus pc_program_make_const(PcProgram *p, int i);
 /* Run: inputs[n_inputs], externals[n_externals]; outputs as new references. */
 PcStatus pc_program_run(const PcProgram *p, PcTensor *const *inputs,
                         PcTensor *const *externals, PcTensor **outputs);
+/* Replace the pipe_split marks: n instruction indices, strictly increasing, in
+ * [0, n_instrs]. */
+PcStatus pc_program_set_marks(PcProgram *p, int n, const int *marks);
 /* Move CONST tensors to dev (for build_stage on another device). */
 PcStatus pc_program_consts_to(PcProgram *p, PcDevice dev);
 void pc_program_free(PcProgram *p);

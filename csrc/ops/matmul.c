@@ -19,6 +19,7 @@
  */
 #include "internal.h"
 #include "wgrad_batch.h"
+#include "../graph/program.h"
 
 #include <string.h>
 
@@ -149,6 +150,7 @@ static PcStatus pc_gemm2d(PcTensor *a, PcTensor *b, double alpha, double beta,
     g.ldc = pc_max64(1, n);
     g.batch = 1;
     g.bias = bias ? pc_tensor_data(bias) : NULL;
+    pc_trace_count_flops(2.0 * (double)m * (double)n * (double)k);
     st = be->gemm(c->device, &g);
 fail:
     pc_tensor_decref(ac);
@@ -278,6 +280,7 @@ static PcStatus pc_matmul_core(const char *op, PcTensor *a, PcTensor *b, PcTenso
     g.ldc = pc_max64(1, n);
     g.stride_c = m * n;
     g.batch = nb;
+    pc_trace_count_flops(2.0 * (double)nb * (double)m * (double)n * (double)k);
     PC_TRY_GOTO(st, be->gemm(y->device, &g));
 done:
     *out = y;

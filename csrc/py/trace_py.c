@@ -331,6 +331,63 @@ static PyObject *program_split(PcPyProgram *self, PyObject *unused) {
     return list;
 }
 
+/* instructions() -> [(op name, input slots (-1: absent), output slots, output elements,
+ * flops)] as tracing saw them */
+static PyObject *program_instructions(PcPyProgram *self, PyObject *unused) {
+    (void)unused;
+    const PcProgram *p = self->p;
+    PyObject *list = PyList_New(p->n_instrs);
+    for (int k = 0; list && k < p->n_instrs; k++) {
+        const PcInstr *in = &p->instrs[k];
+        PyObject *numel = PyTuple_New(in->call.n_out);
+        for (int o = 0; numel && o < in->call.n_out; o++) {
+            PyObject *v = PyLong_FromLongLong((long long)in->out_numel[o]);
+            if (!v) {
+                Py_CLEAR(numel);
+                break;
+            }
+            PyTuple_SET_ITEM(numel, o, v);
+        }
+        PyObject *item = numel ? Py_BuildValue("(sNNNd)", pc_call_name(&in->call),
+                                               int_tuple(in->call.n_in, in->in),
+                                               int_tuple(in->call.n_out, in->out), numel,
+                                               in->flops)
+                               : NULL;
+        if (!item) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, k, item);
+    }
+    return list;
+}
+
+/* set_marks(indices): replace the pipe_split marks (a split policy's boundaries) */
+static PyObject *program_set_marks(PcPyProgram *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "set_marks: expected a sequence of ints");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int *v = PyMem_Malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    if (!v) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (x == -1 && PyErr_Occurred()) {
+            PyMem_Free(v);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        v[i] = x < INT_MIN ? INT_MIN : x > INT_MAX ? INT_MAX : (int)x;
+    }
+    Py_DECREF(seq);
+    PcStatus st = pc_program_set_marks(self->p, (int)n, v);
+    PyMem_Free(v);
+    if (st != PC_OK) return pc_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *program_format(PcPyProgram *self, PyObject *unused) {
     (void)unused;
     char *s = pc_program_format(self->p);
@@ -361,6 +418,10 @@ static PyMethodDef program_methods[] = {
     {"split", (PyCFunction)program_split, METH_NOARGS,
      "Cut at the pipe_split marks: [(Program, in_slots, param_slots, out_slots)]."},
     {"format", (PyCFunction)program_format, METH_NOARGS, "A readable listing."},
+    {"instructions", (PyCFunction)program_instructions, METH_NOARGS,
+     "[(op, input slots, output slots, output elements, flops)]: what tracing saw."},
+    {"set_marks", (PyCFunction)program_set_marks, METH_O,
+     "set_marks(indices): replace the pipe_split marks (strictly increasing)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,7 @@ from .. import _C
 from .. import nn
 from ..autograd import no_grad
 from . import _split
+from ._policy import TracedGraph, _FixedBoundaries, boundaries_from
 from ._signature import InputSignature
 from ._split import SplitPoint
 
@@ -340,12 +341,15 @@ class Pipe(nn.Module):
 
 def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None):
     """Trace ``module`` on one microbatch (``mb_args``, ``mb_kwargs``) and cut it into a
-    :class:`Pipe` at its ``pipe_split()`` calls and ``split_spec`` points."""
+    :class:`Pipe` at its ``pipe_split()`` calls and ``split_spec`` points, or where
+    ``split_policy`` says: a callable given the traced :class:`TracedGraph` that returns the
+    stage boundaries (``split_into_equal_size(n)``, ``split_on_size_threshold(elements)``,
+    ``split_into_equal_flops(n)``)."""
     if split_spec is not None and split_policy is not None:
         raise ValueError("Cannot specify both `split_spec` and `split_policy`")
-    if split_policy is not None:
-        raise NotImplementedError("split_policy (automatic splitting) is not supported by "
-                                  "pipec; use pipe_split() or split_spec")
+    if split_policy is not None and not callable(split_policy):
+        raise TypeError(f"split_policy must be callable (TracedGraph -> boundaries), got "
+                        f"{type(split_policy).__name__}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"pipeline() expects a pipec.nn.Module, got {type(module).__name__}")
     if isinstance(mb_args, Tensor):
@@ -353,7 +357,9 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
     mb_args = tuple(mb_args)
     mb_kwargs = dict(mb_kwargs or {})
     prog, pieces, slot_name, buffer_names, out_spec, signature = _trace_pieces(
-        module, mb_args, mb_kwargs, split_spec)
+        module, mb_args, mb_kwargs, split_spec, split_policy)
+    # traced again later (other shapes): cut where this trace was cut
+    split_policy = _FixedBoundaries(prog.marks) if split_policy is not None else None
     users = collections.defaultdict(list)
     for si, (_, _, exts, _) in enumerate(pieces):
         for s in exts:
@@ -387,13 +393,13 @@ def pipeline(module, mb_args, mb_kwargs=None, split_spec=None, split_policy=None
                 signature)
     # what it was traced from, to trace again on microbatches of other shapes (weakly: the
     # pipe need not keep the model alive)
-    object.__setattr__(pipe, "_source", (weakref.ref(module), split_spec))
+    object.__setattr__(pipe, "_source", (weakref.ref(module), split_spec, split_policy))
     object.__setattr__(pipe, "_batch_free", not prog.reads_shapes or _same_on_fewer_rows(
-        module, mb_args, mb_kwargs, split_spec, pieces))
+        module, mb_args, mb_kwargs, split_spec, split_policy, pieces))
     return pipe
 
 
-def _same_on_fewer_rows(module, args, kwargs, split_spec, pieces):
+def _same_on_fewer_rows(module, args, kwargs, split_spec, split_policy, pieces):
     """Whether the traced stages do not depend on the microbatch's size along dim 0 (the
     dim inputs are split on by default): tracing again with one row fewer gives the same
     Programs. Checked here, while the model is at hand and on one device, for code that
@@ -405,18 +411,19 @@ def _same_on_fewer_rows(module, args, kwargs, split_spec, pieces):
         fewer = [t[: t.shape[0] - 1] for t in leaves]
     args2, kwargs2 = _unflatten(fewer, spec)
     try:
-        again = _trace_pieces(module, args2, kwargs2, split_spec)[1]
+        again = _trace_pieces(module, args2, kwargs2, split_spec, split_policy)[1]
     except Exception:  # noqa: BLE001 - the model needs its traced size (a default tensor...)
         return False
     return len(again) == len(pieces) and all(a[0].same_code(b[0])
                                              for a, b in zip(again, pieces))
 
 
-def _trace_pieces(module, args, kwargs, split_spec):
+def _trace_pieces(module, args, kwargs, split_spec, split_policy=None):
     """Trace and cut: (whole Program, pieces of Program.split(), {external slot: (name,
     tensor)}, buffer names, output spec, InputSignature). Externals that are not the
-    module's parameters or buffers become constants."""
-    prog, _, out_spec, signature = _trace(module, args, kwargs, split_spec)
+    module's parameters or buffers become constants. A split policy, when given, sets the
+    boundaries before the cut."""
+    prog, in_leaves, out_spec, signature = _trace(module, args, kwargs, split_spec)
     # externals: parameters / buffers (by identity, first name wins) or captured constants
     names = {}
     buffer_names = set()
@@ -435,5 +442,8 @@ def _trace_pieces(module, args, kwargs, split_spec):
             prog.make_const(i)
         else:
             slot_name[ext_slots[i]] = (name, t)
+    if split_policy is not None:
+        graph = TracedGraph(prog, slot_name, [t.numel() for t in in_leaves])
+        prog.set_marks(boundaries_from(split_policy, graph))
     return prog, prog.split(), slot_name, buffer_names, out_spec, signature
 

@@ -399,7 +399,7 @@ class _Executor:
                 return False, "the model pipeline() traced is gone, so they cannot be traced " \
                               "again on these shapes to check"
             try:
-                pieces = _trace_pieces(module, chunk[0], chunk[1], source[1])[1]
+                pieces = _trace_pieces(module, chunk[0], chunk[1], *source[1:])[1]
             except Exception as e:  # noqa: BLE001 - e.g. the model now spread over devices
                 return False, f"tracing the model again on these shapes failed ({e})"
             same = len(pieces) == pipe.num_stages and all(
