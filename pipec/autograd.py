@@ -101,12 +101,13 @@ class WeightGradHandle:
         self._done = False
 
     def __len__(self):
-        return _C._weight_work_size(self._cap)
+        return 0 if self._cap is None else _C._weight_work_size(self._cap)
 
     def backward_weight(self, retain_graph=False):
         if self._done:
             raise RuntimeError("backward_weight() was already run for this handle")
-        _C._weight_work_run(self._cap, bool(retain_graph))
+        if self._cap is not None:  # None: nothing was queued
+            _C._weight_work_run(self._cap, bool(retain_graph))
         self._done = True
 
 

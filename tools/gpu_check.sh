@@ -86,7 +86,8 @@ if [ $built = 1 ] && wants verify; then
         tests/test_schedule_multiproc.py -rs --durations=4 \
         -k "(test_large_messages_nccl and DualPipeV) or test_crossing_transfers"
     step cuda_tests cuda_tests.log timeout 100 "$PY" -m pytest -q -m cuda tests/test_tensor.py \
-        tests/test_call_binding.py tests/test_wgrad_batch.py tests/test_split_policy.py -rs
+        tests/test_call_binding.py tests/test_wgrad_batch.py tests/test_split_policy.py \
+        tests/test_stage_backward.py -rs
     step large_messages large_messages.log timeout 150 "$PY" -m pytest -q -m nccl_ranks \
         tests/test_schedule_multiproc.py -k "test_large_messages_nccl and not DualPipeV" \
         --durations=8 -rs
