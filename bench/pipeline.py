@@ -242,7 +242,9 @@ def main():
                  "processes, H200). Correctness: max relative error of first-step losses and "
                  "gradients against an unpipelined pipec run."]
     rows = pipec.pipelining.get_weight_grad_batching()
-    lines += ["", f"Weight-gradient batching: {rows} rows" + (" (off)." if rows == 0 else ".")]
+    lines += ["", "Weight-gradient batching: " + (
+        "auto (1024 rows on ranks without W actions, off on zero-bubble ranks)." if rows == "auto"
+        else f"{rows} rows" + (" (off)." if rows == 0 else "."))]
     for name in args.configs.split(","):
         run_config(name, CONFIGS[name], args.schedules.split(","), args.steps, devices,
                    baseline, lines)

@@ -318,7 +318,7 @@ def table(pipec_res, torch_res, args):
              "rank, pipec/torch ratio of medians, and pipec's correctness: max relative "
              "error of its first step's gradients and losses against an unpipelined run.",
              "", "pipec's weight-gradient batching (PIPEC_WGRAD_BATCH_ROWS, inherited by the "
-             f"ranks): {os.environ.get('PIPEC_WGRAD_BATCH_ROWS') or '0 (off, the default)'}."]
+             f"ranks): {os.environ.get('PIPEC_WGRAD_BATCH_ROWS') or 'auto (the default: 1024 rows on ranks without W actions)'}."]
     for name in args.configs.split(","):
         c = CONFIGS[name]
         lines += ["", f"### {name}: d_hid={c['d_hid']}, batch={c['batch']}, "

@@ -192,10 +192,11 @@ def case_numerics(schedule, n, frontend, loss_name, steps="2"):
                     ("F", "B", "I", "W", "OVERLAP_F_B"))
     flushes = [e for e in events if e[1] == "WGRAD_FLUSH"]  # weight-gradient batching's
     events = [e for e in events if e[1] != "WGRAD_FLUSH"]
-    assert len(flushes) <= 1 and (not flushes or os.environ.get("PIPEC_WGRAD_BATCH_ROWS"))
+    assert len(flushes) <= 1
     assert len(events) == n_compute and all(e[0] == rank and e[3] >= e[2] for e in events), \
         (len(events), n_compute, events[:3])
-    if int(os.environ.get("PIPEC_WGRAD_BATCH_ROWS") or 0) > 0:  # the weight-gradient batching
+    if (os.environ.get("PIPEC_WGRAD_BATCH_ROWS") or "0").isdigit() and \
+            int(os.environ.get("PIPEC_WGRAD_BATCH_ROWS") or 0) > 0:  # the weight-gradient batching
         from pipec import _C  # tests: the products really were deferred on this rank
         assert _C._wgrad_deferred_count() > 0, "weight-gradient batching deferred nothing"
     print(f"OK {schedule} rank {rank} stages {mine}", flush=True)

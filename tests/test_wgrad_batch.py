@@ -6,7 +6,9 @@ CPU and (marked cuda) on one GPU: with batching off, with batches that close mid
 (max_rows = two microbatches) and with one batch per step, the gradients over two steps
 without zero_grad equal the unpipelined reference (the tolerance of test_schedules.py), the
 products really ran batched (a process-wide counter) or really did not (batching off), and
-outside a pipeline step (plain backward) nothing is deferred. Also the setting's contract.
+outside a pipeline step (plain backward) nothing is deferred. The default, "auto", batches
+(1024 rows) on ranks without W actions and not on the zero-bubble schedules' ranks. Also the
+setting's contract.
 """
 import copy
 
@@ -26,6 +28,7 @@ N_MB = 8
 SCHEDULES = ["GPipe", "1F1B", "Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble",
              "ZBVZeroBubble", "DualPipeV"]
 MULTI = set(SCHEDULES) - {"GPipe", "1F1B"}
+WITH_W = {"InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV"}  # separate W actions
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def _reference(base, xs, ys, loss_fn):
 
 
 @pytest.mark.parametrize("kind", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-@pytest.mark.parametrize("rows", [0, 4, 1024])
+@pytest.mark.parametrize("rows", [0, 4, 1024, "auto"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_batched_weight_grads_match_reference(schedule, rows, kind, rows_setting):
     dev = _device(kind)
@@ -74,8 +77,8 @@ def test_batched_weight_grads_match_reference(schedule, rows, kind, rows_setting
     for x, y in zip(xs, ys):  # no zero_grad: the second step adds to the first
         lp.step(x, target=y)
     batched = _C._wgrad_batched_count() - before
-    if rows == 0:
-        assert batched == 0
+    if rows == 0 or (rows == "auto" and schedule in WITH_W):
+        assert batched == 0  # auto: off where the schedule places W actions itself
     else:
         # every Linear weight (8) of every microbatch (8) of both steps ran in a batch
         assert batched == 8 * N_MB * 2
@@ -102,7 +105,7 @@ def test_plain_backward_is_not_deferred(rows_setting):
 
 def test_setting_contract(rows_setting):
     prev = set_weight_grad_batching(7)
-    assert isinstance(prev, int)
+    assert prev == "auto" or isinstance(prev, int)
     assert get_weight_grad_batching() == 7
     assert set_weight_grad_batching(0) == 7
     assert get_weight_grad_batching() == 0
@@ -112,14 +115,20 @@ def test_setting_contract(rows_setting):
         set_weight_grad_batching(2.5)
     with pytest.raises(TypeError, match="int"):
         set_weight_grad_batching(True)
+    with pytest.raises(TypeError, match="'auto'"):
+        set_weight_grad_batching("on")
     assert get_weight_grad_batching() == 0
+    assert set_weight_grad_batching("auto") == 0
+    assert get_weight_grad_batching() == "auto"
+    assert set_weight_grad_batching(3) == "auto"
 
 
 def test_default_comes_from_the_environment():
     import subprocess
     import sys
     code = ("import pipec.pipelining as p; print(p.get_weight_grad_batching())")
-    for env_value, want in (("256", "256"), ("0", "0"), (None, "0"), ("junk", "0")):
+    for env_value, want in (("256", "256"), ("0", "0"), (None, "auto"), ("auto", "auto"),
+                            ("junk", "auto")):
         env = dict(__import__("os").environ)
         env.pop("PIPEC_WGRAD_BATCH_ROWS", None)
         if env_value is not None:

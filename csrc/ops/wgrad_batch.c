@@ -37,21 +37,24 @@ struct PcWgradBatch {
 
 static _Thread_local PcWgradBatch *tl_batch = NULL;
 static atomic_llong g_batched, g_deferred;
-static atomic_llong g_rows = -1; /* -1: not read from the environment yet */
+static atomic_llong g_rows = -1; /* -1: not read from the environment yet; else rows >= 0 or
+                                    PC_WGRAD_AUTO */
 
 int64_t pc_wgrad_batch_rows(void) {
     long long v = atomic_load(&g_rows);
-    if (v >= 0) return v;
+    if (v != -1) return v;
     const char *e = getenv("PIPEC_WGRAD_BATCH_ROWS");
     char *end = NULL;
-    long long parsed = e && *e ? strtoll(e, &end, 10) : 0;
-    if (e && *e && (*end != '\0' || parsed < 0)) parsed = 0; /* unreadable: the default */
+    long long parsed = e && *e ? strtoll(e, &end, 10) : PC_WGRAD_AUTO;
+    if (e && *e && (*end != '\0' || parsed < 0)) parsed = PC_WGRAD_AUTO; /* "auto", junk */
     long long expect = -1;
     atomic_compare_exchange_strong(&g_rows, &expect, parsed);
     return atomic_load(&g_rows);
 }
 
-void pc_wgrad_batch_set_rows(int64_t rows) { atomic_store(&g_rows, rows < 0 ? 0 : rows); }
+void pc_wgrad_batch_set_rows(int64_t rows) {
+    atomic_store(&g_rows, rows < 0 ? PC_WGRAD_AUTO : rows);
+}
 
 long long pc_wgrad_batched_count(void) { return atomic_load(&g_batched); }
 
@@ -183,9 +186,10 @@ fail:
     return st;
 }
 
-PcStatus pc_wgrad_batch_open(PcWgradBatch **out) {
+PcStatus pc_wgrad_batch_open(PcWgradBatch **out, bool has_w) {
     *out = NULL;
     int64_t rows = pc_wgrad_batch_rows();
+    if (rows == PC_WGRAD_AUTO) rows = has_w ? 0 : PC_WGRAD_AUTO_ROWS;
     if (rows <= 0) return PC_OK;
     if (tl_batch) return PC_OK; /* nested: the open window covers it */
     PcWgradBatch *b = calloc(1, sizeof *b);

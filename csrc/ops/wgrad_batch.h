@@ -27,15 +27,23 @@
 
 typedef struct PcWgradBatch PcWgradBatch;
 
+/* The setting's "auto" value: PC_WGRAD_AUTO_ROWS for an action list without W actions,
+ * off for one with them (zero-bubble schedules place weight-gradient work in bubbles on
+ * purpose; batching would move it to the step's end). */
+#define PC_WGRAD_AUTO (-2)
+#define PC_WGRAD_AUTO_ROWS 1024
+
 /* Process-wide setting read when a window opens: the rows a leaf's deferred products may
- * reach before they run (0: no batching). Default 0 (off until its speed on GPUs is
- * measured), or PIPEC_WGRAD_BATCH_ROWS. */
+ * reach before they run (0: no batching), or PC_WGRAD_AUTO. Default PC_WGRAD_AUTO, or
+ * PIPEC_WGRAD_BATCH_ROWS (a number, or "auto"). */
 int64_t pc_wgrad_batch_rows(void);
+/* rows >= 0, or any negative value for PC_WGRAD_AUTO. */
 void pc_wgrad_batch_set_rows(int64_t rows);
 
-/* Open a window on this thread. *out is NULL when batching is off or a window is already
- * open here (that one covers the caller). */
-PcStatus pc_wgrad_batch_open(PcWgradBatch **out);
+/* Open a window on this thread for a list of actions (has_w: whether it holds W actions,
+ * for the auto setting). *out is NULL when batching is off or a window is already open
+ * here (that one covers the caller). */
+PcStatus pc_wgrad_batch_open(PcWgradBatch **out, bool has_w);
 /* The window open on this thread, or NULL. */
 PcWgradBatch *pc_wgrad_batch_current(void);
 /* Whether the window holds deferred products (false for NULL). */

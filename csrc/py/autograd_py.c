@@ -562,13 +562,24 @@ static PyObject *f_fused_grad_count(PyObject *m, PyObject *unused) {
     return PyLong_FromLongLong(pc_autograd_fused_count());
 }
 
-/* _wgrad_batch_rows([rows]): the setting before (new reference); sets it when given. */
+/* _wgrad_batch_rows([rows]): the setting before, rows or None for auto (new reference);
+ * sets it when given (None: auto). */
 static PyObject *f_wgrad_batch_rows(PyObject *m, PyObject *args) {
     (void)m;
-    long long rows = -1;
-    if (!PyArg_ParseTuple(args, "|L", &rows)) return NULL;
+    PyObject *arg = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &arg)) return NULL;
+    long long rows = PC_WGRAD_AUTO;
+    if (arg && arg != Py_None) {
+        rows = PyLong_AsLongLong(arg);
+        if (rows == -1 && PyErr_Occurred()) return NULL;
+        if (rows < 0) {
+            PyErr_SetString(PyExc_ValueError, "_wgrad_batch_rows: rows must be >= 0 or None");
+            return NULL;
+        }
+    }
     long long before = pc_wgrad_batch_rows();
-    if (rows >= 0) pc_wgrad_batch_set_rows(rows);
+    if (arg) pc_wgrad_batch_set_rows(rows);
+    if (before == PC_WGRAD_AUTO) Py_RETURN_NONE;
     return PyLong_FromLongLong(before);
 }
 
@@ -588,8 +599,8 @@ static PyObject *f_wgrad_deferred_count(PyObject *m, PyObject *unused) {
 PyMethodDef pc_py_autograd_functions[] = {
     {"_wgrad_batch_rows", (PyCFunction)f_wgrad_batch_rows, METH_VARARGS,
      "_wgrad_batch_rows([rows]) -> the setting before: the rows a parameter's deferred "
-     "weight-gradient products reach before they run as one GEMM (0: off); sets it when "
-     "given."},
+     "weight-gradient products reach before they run as one GEMM (0: off, None: auto); "
+     "sets it when given."},
     {"_wgrad_batched_count", (PyCFunction)f_wgrad_batched_count, METH_NOARGS,
      "Weight-gradient products that ran in a batch of two or more since the process "
      "started."},

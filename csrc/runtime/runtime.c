@@ -1363,6 +1363,17 @@ static PcStatus custom_call(PcRuntime *rt, PcWgradBatch *wb, int rank, const cha
     return st;
 }
 
+/* Whether a rank's actions hold W (weight-gradient) actions, also inside OVERLAP_F_B. */
+static bool has_weight_actions(const PcActionList *actions) {
+    for (int i = 0; i < actions->len; i++) {
+        PcActionSub leaves[PC_ACTION_MAX_SUB];
+        int n = pc_action_leaves(&actions->items[i], leaves);
+        for (int j = 0; j < n; j++)
+            if (leaves[j].type == PC_ACT_W) return true;
+    }
+    return false;
+}
+
 PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *actions) {
     PcStatus status = PC_OK;
     PC_CHECK(!rt->comm || rank == rt->my_rank, PC_ERR_INVALID,
@@ -1372,7 +1383,7 @@ PcStatus pc_runtime_run_rank(PcRuntime *rt, int rank, const PcActionList *action
     /* weight gradients of this rank's microbatches are added into .grad in batches
      * (csrc/ops/wgrad_batch.h), all of them before the step ends */
     PcWgradBatch *wb = NULL;
-    if (rt->training) status = pc_wgrad_batch_open(&wb);
+    if (rt->training) status = pc_wgrad_batch_open(&wb, has_weight_actions(actions));
     for (int i = 0; i < actions->len && status == PC_OK; i++) {
         const PcAction *a = &actions->items[i];
         if (a->type == PC_ACT_IDLE) continue;

@@ -20,11 +20,18 @@ The cost is memory: a parameter of shape (p, q) keeps up to ``max_rows * (p + q)
 of activations and gradients alive until its batch runs (64 MiB for 8192 x 8192 float32 at
 1024 rows, a quarter of its gradient).
 
-Off by default (``set_weight_grad_batching(1024)`` or ``PIPEC_WGRAD_BATCH_ROWS=1024`` turns
-it on): on a 2-core CPU, LocalPipeline 1F1B over 2 ranks (d=1024, batch 256, 4 layers) took
-106.0 -> 96.8 and 109.2 -> 102.6 ms per step with 8 microbatches, 210.1 -> 184.5 and
-223.8 -> 210.3 ms with 32 (two runs of bench/wgrad_batch_cpu.py), but its effect on GPU pipelines has not been measured yet. Zero-bubble schedules place their
-weight-gradient work in bubbles on purpose; batching moves part of it to the end of the step.
+The default is "auto": 1024 rows on a rank whose step has no W actions (GPipe, 1F1B,
+Interleaved1F1B, LoopedBFS; in a custom order, a rank without W), off on a rank with them
+(zero-bubble schedules place their weight-gradient work in bubbles on purpose; batching
+would move it to the step's end). ``set_weight_grad_batching(n)`` or
+``PIPEC_WGRAD_BATCH_ROWS=n`` applies n rows to every rank (0 turns it off). Measured:
+LocalPipeline 1F1B, both ranks on one H100, large_bf16 (d=8192, batch 1024, 8 microbatches
+of 128 rows, 8 layers): 32.1 -> 19.4 ms per step (bench/results/verify_H100.md); on a 2-core
+CPU, 1F1B over 2 ranks (d=1024, batch 256, 4 layers) took 106.0 -> 96.8 ms per step with 8
+microbatches and 210.1 -> 184.5 ms with 32 (bench/wgrad_batch_cpu.py). In bfloat16 the
+batched sum is rounded once where the chain of additions rounds at every microbatch, so
+gradients differ from an unbatched run by about one bfloat16 unit (1.1e-2 relative in
+that benchmark).
 """
 
 from .. import _C
@@ -34,18 +41,25 @@ __all__ = ["set_weight_grad_batching", "get_weight_grad_batching"]
 
 def get_weight_grad_batching():
     """The rows a parameter's deferred weight-gradient products reach before they run as one
-    GEMM; 0 when batching is off. Default 0, or the ``PIPEC_WGRAD_BATCH_ROWS``
-    environment variable."""
-    return _C._wgrad_batch_rows()
+    GEMM; 0 when batching is off, ``"auto"`` for the default (1024 rows on ranks whose step
+    has no W actions, off on the others). Set by ``set_weight_grad_batching`` or the
+    ``PIPEC_WGRAD_BATCH_ROWS`` environment variable (a number or ``auto``)."""
+    rows = _C._wgrad_batch_rows()
+    return "auto" if rows is None else rows
 
 
 def set_weight_grad_batching(max_rows):
     """Batch weight gradients of up to ``max_rows`` rows (an int >= 0; 0 turns batching
-    off, so every microbatch adds its weight gradient at once). Applies to steps that begin
-    afterwards, in every thread. Returns the previous setting."""
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int):
-        raise TypeError(f"set_weight_grad_batching: max_rows must be an int, got "
-                        f"{type(max_rows).__name__}")
-    if max_rows < 0:
-        raise ValueError(f"set_weight_grad_batching: max_rows must be >= 0, got {max_rows}")
-    return _C._wgrad_batch_rows(max_rows)
+    off, so every microbatch adds its weight gradient at once; ``"auto"`` restores the
+    default). Applies to steps that begin afterwards, in every thread. Returns the previous
+    setting."""
+    if max_rows == "auto":
+        before = _C._wgrad_batch_rows(None)
+    else:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int):
+            raise TypeError(f"set_weight_grad_batching: max_rows must be an int or 'auto', "
+                            f"got {type(max_rows).__name__}")
+        if max_rows < 0:
+            raise ValueError(f"set_weight_grad_batching: max_rows must be >= 0, got {max_rows}")
+        before = _C._wgrad_batch_rows(max_rows)
+    return "auto" if before is None else before
