@@ -84,6 +84,7 @@ void pc_program_free(PcProgram *p) {
     if (p->traced_ext)
         for (int i = 0; i < p->n_externals; i++) pc_tensor_decref(p->traced_ext[i]);
     free(p->traced_ext);
+    free(p->alias);
     free(p->konst);
     free(p->kind);
     free(p->inputs);
@@ -362,6 +363,42 @@ PcStatus pc_program_set_marks(PcProgram *p, int n, const int *marks) {
     return PC_OK;
 }
 
+typedef struct SlotStorage {
+    const PcStorage *storage;
+    int slot;
+} SlotStorage;
+
+static int slot_storage_cmp(const void *a, const void *b) {
+    const SlotStorage *x = a, *y = b;
+    if (x->storage != y->storage) return (uintptr_t)x->storage < (uintptr_t)y->storage ? -1 : 1;
+    return (x->slot > y->slot) - (x->slot < y->slot);
+}
+
+/* [n_slots] lowest slot on the same storage as each slot's traced tensor (malloc'd; NULL
+ * when out of memory: splitting then skips its in-place checks). */
+static int *trace_alias_table(const PcTracer *tr, int n_slots) {
+    int *alias = malloc(sizeof(int) * (size_t)(n_slots ? n_slots : 1));
+    SlotStorage *pairs = malloc(sizeof(SlotStorage) * (tr->count ? tr->count : 1));
+    if (!alias || !pairs) {
+        free(alias);
+        free(pairs);
+        return NULL;
+    }
+    for (int s = 0; s < n_slots; s++) alias[s] = s;
+    size_t n = 0;
+    for (size_t i = 0; i < tr->cap && n < tr->count; i++)
+        if (tr->keys[i] && tr->vals[i] >= 0 && tr->vals[i] < n_slots)
+            pairs[n++] = (SlotStorage){tr->keys[i]->storage, tr->vals[i]};
+    qsort(pairs, n, sizeof *pairs, slot_storage_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (pairs[i].storage == pairs[i - 1].storage) {
+            int root = alias[pairs[i - 1].slot];
+            if (root < alias[pairs[i].slot]) alias[pairs[i].slot] = root;
+        }
+    free(pairs);
+    return alias;
+}
+
 PcStatus pc_trace_end(PcTracer *tr, int n_out, PcTensor *const *outs, PcProgram **out) {
     *out = NULL;
     PcStatus st = PC_OK;
@@ -391,6 +428,7 @@ PcStatus pc_trace_end(PcTracer *tr, int n_out, PcTensor *const *outs, PcProgram 
     p->n_marks = tr->marks.n;
     p->marks = tr->marks.v;
     p->reads_shapes = tr->shape_read;
+    p->alias = trace_alias_table(tr, p->n_slots);
     tr->marks.v = NULL;
     tr->b.p = NULL;
     tracer_free(tr);
@@ -557,6 +595,66 @@ static PcStatus set_add(IntVec *v, int x) {
     return PC_OK;
 }
 
+/* ---- in-place writes across cuts ---- */
+
+int pc_program_cut_loses_write(const PcProgram *p, const int *stage_of, int *other) {
+    *other = -1;
+    if (!p->alias || p->n_instrs == 0) return -1;
+    int ns = p->n_slots;
+    int *made = malloc(sizeof(int) * (size_t)(ns ? ns : 1));      /* stage making a value */
+    int *last_read = malloc(sizeof(int) * (size_t)(ns ? ns : 1)); /* instruction, n: output */
+    if (!made || !last_read) {
+        free(made);
+        free(last_read);
+        return -1; /* out of memory: no check (the split itself reports it) */
+    }
+    for (int s = 0; s < ns; s++) {
+        made[s] = p->kind[s] == PC_SLOT_INPUT ? 0 : -1; /* model inputs enter at stage 0 */
+        last_read[s] = -1;
+    }
+    for (int k = 0; k < p->n_instrs; k++) {
+        const PcInstr *in = &p->instrs[k];
+        for (int i = 0; i < in->call.n_in; i++)
+            if (in->in[i] >= 0) last_read[in->in[i]] = k;
+        for (int o = 0; o < in->call.n_out; o++)
+            if (in->out[o] >= 0 && made[in->out[o]] < 0 && p->kind[in->out[o]] == PC_SLOT_VALUE)
+                made[in->out[o]] = stage_of[k];
+    }
+    for (int i = 0; i < p->n_outputs; i++) last_read[p->outputs[i]] = p->n_instrs;
+    int found = -1;
+    for (int k = 0; k < p->n_instrs && found < 0; k++) {
+        const PcInstr *in = &p->instrs[k];
+        if (!pc_call_is_inplace(&in->call) || in->call.n_in < 1 || in->in[0] < 0) continue;
+        int t = in->in[0], root = p->alias[t];
+        bool param = false;
+        for (int s = 0; s < ns && !param; s++)
+            param = p->alias[s] == root &&
+                    (p->kind[s] == PC_SLOT_EXTERNAL || p->kind[s] == PC_SLOT_CONST);
+        for (int s = 0; s < ns && found < 0; s++) {
+            if (p->alias[s] != root) continue;
+            if (param) {
+                /* another stage using the parameter/buffer (or a view of it) has its own copy */
+                for (int j = 0; j < p->n_instrs && found < 0; j++) {
+                    if (stage_of[j] == stage_of[k]) continue;
+                    const PcInstr *u = &p->instrs[j];
+                    for (int i = 0; i < u->call.n_in; i++)
+                        if (u->in[i] == s) {
+                            found = k;
+                            *other = s;
+                            break;
+                        }
+                }
+            } else if (s != t && made[s] >= 0 && made[s] < stage_of[k] && last_read[s] > k) {
+                found = k; /* s came from an earlier stage apart from t: it misses the write */
+                *other = s;
+            }
+        }
+    }
+    free(made);
+    free(last_read);
+    return found;
+}
+
 PcStatus pc_program_split(const PcProgram *p, int *n_stages_out, PcProgram ***stages_out,
                           PcStageIO **io_out) {
     *n_stages_out = 0;
@@ -590,6 +688,24 @@ PcStatus pc_program_split(const PcProgram *p, int *n_stages_out, PcProgram ***st
     int *stage_of = raw_stage;
     for (int k = 0; k < p->n_instrs; k++) stage_of[k] = remap[raw_stage[k]];
     free(remap);
+    int lost_other;
+    int lost = pc_program_cut_loses_write(p, stage_of, &lost_other);
+    if (lost >= 0) {
+        int lost_stage = stage_of[lost];
+        free(raw_stage);
+        return pc_set_error(
+            PC_ERR_INVALID,
+            "pipeline split: instruction %d (%s, stage %d) writes in place into memory it "
+            "shares with %s (slot %%%d), and the stage boundaries give each stage its own "
+            "copy, so the write would be lost; move the split point so that the value, its "
+            "views and the in-place write stay in one stage, or write out of place "
+            "(x = x * y rather than x.mul_(y))",
+            lost, pc_call_name(&p->instrs[lost].call), lost_stage,
+            p->kind[lost_other] == PC_SLOT_EXTERNAL || p->kind[lost_other] == PC_SLOT_CONST
+                ? "a parameter or buffer that another stage also uses"
+                : "a value made in an earlier stage and read after the write",
+            lost_other);
+    }
 
     IntVec *in = calloc((size_t)ns, sizeof(IntVec));
     IntVec *ext = calloc((size_t)ns, sizeof(IntVec));

@@ -68,6 +68,9 @@ typedef struct PcProgram {
     bool reads_shapes;            /* the traced code read the shape of an input or of a value
                                      made from one (x.shape, size(), len()...): sizes may be
                                      baked into the Program (kept by splitting) */
+    int *alias;                   /* owned [n_slots] or NULL (not traced): the lowest slot
+                                     whose traced tensor shared this slot's storage (views),
+                                     itself when none; splitting checks in-place writes with it */
 } PcProgram;
 
 typedef struct PcTracer PcTracer;
@@ -119,10 +122,20 @@ typedef struct PcStageIO {
 } PcStageIO;
 
 /* Cut p at its marks (empty stages between consecutive marks are dropped). On success
- * *n_stages programs and wirings are returned in owned arrays. */
+ * *n_stages programs and wirings are returned in owned arrays. PC_ERR_INVALID when a cut
+ * would lose an in-place write (pc_program_cut_loses_write). */
 PcStatus pc_program_split(const PcProgram *p, int *n_stages, PcProgram ***stages,
                           PcStageIO **io);
 void pc_stage_io_free(int n, PcStageIO *io);
+
+/* For a traced Program cut so that instruction k runs in stage stage_of[k] (non-decreasing):
+ * the first instruction whose in-place write a stage would not see, or -1. Stages hold
+ * their own copies of received values and of parameters/buffers, so a write is lost when
+ *   - it goes through one alias (a view) of a value made in an earlier stage, and another
+ *     alias received separately is read after it or returned; or
+ *   - it updates a parameter/buffer (or a view of one) that another stage also uses.
+ * *other gets the slot whose copy misses the write. -1 when p has no alias table. */
+int pc_program_cut_loses_write(const PcProgram *p, const int *stage_of, int *other);
 
 /* True when a and b do the same work: the same slots, calls with the same arguments (ints,
  * sizes, scalars), wiring and constants of the same dtype and shape, and the same values

@@ -209,6 +209,9 @@ static PyObject *program_get(PcPyProgram *self, void *which) {
     case 1: return int_tuple(p->n_externals, p->externals);
     case 2: return int_tuple(p->n_outputs, p->outputs);
     case 3: return PyLong_FromLong(p->n_instrs);
+    case 7:
+        if (!p->alias) Py_RETURN_NONE;
+        return int_tuple(p->n_slots, p->alias);
     case 4: return int_tuple(p->n_marks, p->marks);
     case 6: return PyBool_FromLong(p->reads_shapes);
     default: {
@@ -332,7 +335,7 @@ static PyObject *program_split(PcPyProgram *self, PyObject *unused) {
 }
 
 /* instructions() -> [(op name, input slots (-1: absent), output slots, output elements,
- * flops)] as tracing saw them */
+ * flops, in place)] as tracing saw them (new reference) */
 static PyObject *program_instructions(PcPyProgram *self, PyObject *unused) {
     (void)unused;
     const PcProgram *p = self->p;
@@ -348,10 +351,11 @@ static PyObject *program_instructions(PcPyProgram *self, PyObject *unused) {
             }
             PyTuple_SET_ITEM(numel, o, v);
         }
-        PyObject *item = numel ? Py_BuildValue("(sNNNd)", pc_call_name(&in->call),
+        PyObject *item = numel ? Py_BuildValue("(sNNNdN)", pc_call_name(&in->call),
                                                int_tuple(in->call.n_in, in->in),
                                                int_tuple(in->call.n_out, in->out), numel,
-                                               in->flops)
+                                               in->flops,
+                                               PyBool_FromLong(pc_call_is_inplace(&in->call)))
                                : NULL;
         if (!item) {
             Py_CLEAR(list);
@@ -419,7 +423,8 @@ static PyMethodDef program_methods[] = {
      "Cut at the pipe_split marks: [(Program, in_slots, param_slots, out_slots)]."},
     {"format", (PyCFunction)program_format, METH_NOARGS, "A readable listing."},
     {"instructions", (PyCFunction)program_instructions, METH_NOARGS,
-     "[(op, input slots, output slots, output elements, flops)]: what tracing saw."},
+     "[(op, input slots, output slots, output elements, flops, in place)]: what tracing "
+     "saw."},
     {"set_marks", (PyCFunction)program_set_marks, METH_O,
      "set_marks(indices): replace the pipe_split marks (strictly increasing)."},
     {NULL, NULL, 0, NULL},
@@ -433,6 +438,9 @@ static PyGetSetDef program_getset[] = {
     {"marks", (getter)program_get, NULL, "Instruction index of each pipe_split.", (void *)4},
     {"num_python_calls", (getter)program_get, NULL, "Custom Function calls (run Python).",
      (void *)5},
+    {"alias_roots", (getter)program_get, NULL,
+     "Per slot, the lowest slot sharing its traced storage (views), or None when not traced.",
+     (void *)7},
     {"reads_shapes", (getter)program_get, NULL,
      "Whether the traced code read the shape of an input-derived value (sizes may be baked "
      "in).", (void *)6},

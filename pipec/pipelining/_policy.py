@@ -13,13 +13,15 @@ Built-in policies:
   * :func:`split_on_size_threshold` — a new stage whenever a stage's parameters would pass a
     threshold;
   * :func:`split_into_equal_flops` — n stages with equal shares of the forward compute.
-Among cuts that balance equally well (a run of parameter-free calls between two layers, say)
-each picks the one across which the fewest activation elements travel, so a residual block is
-not cut between its branch and its sum.
+The equal policies make the largest stage as small as possible; among the cuttings that do
+(within 5% for flops), they take the one across which the fewest activation elements
+travel, so a residual block is not cut between its branch and its sum. No policy may cut
+where an in-place write would be lost (``TracedGraph.unsafe_cuts``).
 """
 
 import collections
 import math
+import operator
 
 __all__ = ["TracedGraph", "GraphInstruction", "split_into_equal_size",
            "split_on_size_threshold", "split_into_equal_flops"]
@@ -43,21 +45,31 @@ class TracedGraph:
     ``param_first_use``: {name: index of the first instruction reading it};
     ``crossing``: ``crossing[c]`` is the number of activation elements (model inputs and
     values made by instructions before ``c`` that are used at ``c`` or later, or returned)
-    that a boundary at ``c`` would send from one stage to the next."""
+    that a boundary at ``c`` would send from one stage to the next;
+    ``live``: per instruction, whether its result reaches the model's outputs (or it
+    writes in place); dead calls weigh nothing in the built-in policies;
+    ``unsafe_cuts``: boundaries that would separate an in-place write from another view of
+    the memory it writes (or a parameter/buffer written in place from another stage using
+    it): each stage holds its own copies, so the write would be lost. ``pipeline()``
+    refuses them; the built-in policies never choose them."""
 
     def __init__(self, program, slot_names, input_numels):
         # slot_names: {external slot: (name, tensor)} of the parameters and buffers
         ext = {s: name for s, (name, _) in slot_names.items()}
         instrs = program.instructions()
         n = len(instrs)
+        inputs = set(program.input_slots)
         made_at, size = {}, {}
         for slot, numel in zip(program.input_slots, input_numels):
             made_at[slot], size[slot] = -1, numel
-        last_use = {}
+        last_use, readers = {}, collections.defaultdict(list)
         listed = []
-        for k, (op, ins, outs, numels, flops) in enumerate(instrs):
+        for k, (op, ins, outs, numels, flops, _) in enumerate(instrs):
             names = []
             for s in ins:
+                if s < 0:
+                    continue
+                readers[s].append(k)
                 if s in ext:
                     if ext[s] not in names:
                         names.append(ext[s])
@@ -67,7 +79,8 @@ class TracedGraph:
                 if s not in made_at:  # an in-place call keeps its input's slot
                     made_at[s], size[s] = k, numel
             listed.append(GraphInstruction(k, op, tuple(names), flops, sum(numels)))
-        for s in program.output_slots:
+        returned = set(program.output_slots)
+        for s in returned:
             if s in made_at:
                 last_use[s] = n  # returned: travels to the last stage
         self.instructions = tuple(listed)
@@ -85,19 +98,67 @@ class TracedGraph:
             running += delta[c]
             crossing.append(running)
         self.crossing = tuple(crossing)
+        self.live = self._liveness(instrs, returned)
+        self.unsafe_cuts = self._unsafe_cuts(program, instrs, inputs, made_at, readers)
         self.param_first_use = {}
         for ins in listed:
-            for name in ins.params:
-                self.param_first_use.setdefault(name, ins.index)
+            if self.live[ins.index]:
+                for name in ins.params:
+                    self.param_first_use.setdefault(name, ins.index)
         self.parameters = {name: t.numel() for name, t in slot_names.values()
                            if name in self.param_first_use}
+        self._param_numel = {name: t.numel() for name, t in slot_names.values()}
+
+    @staticmethod
+    def _liveness(instrs, returned):
+        """Per instruction: whether an output is returned or read by a live call (in-place
+        writes and custom Functions count as live)."""
+        needed = set(returned)
+        live = [False] * len(instrs)
+        for k in range(len(instrs) - 1, -1, -1):
+            op, ins, outs, _, _, inplace = instrs[k]
+            if inplace or any(o in needed for o in outs):
+                live[k] = True
+                needed.update(s for s in ins if s >= 0)
+        return tuple(live)
+
+    @staticmethod
+    def _unsafe_cuts(program, instrs, inputs, made_at, readers):
+        """Boundaries c (1 <= c < n) at which an in-place write would be lost (the rule of
+        the C split's check, for one cut at a time; a set of cuts is safe when each is)."""
+        roots = program.alias_roots
+        n = len(instrs)
+        if roots is None:
+            return frozenset()
+        groups = collections.defaultdict(list)
+        for s, r in enumerate(roots):
+            groups[r].append(s)
+        bad = set()
+        for k, (_, ins, _, _, _, inplace) in enumerate(instrs):
+            if not inplace or not ins or ins[0] < 0:
+                continue
+            t = ins[0]
+            members = groups[roots[t]]
+            if any(s not in made_at for s in members):  # a parameter, buffer or constant:
+                uses = [j for s in members for j in readers.get(s, ())] + [k]
+                bad.update(range(min(uses) + 1, max(uses) + 1))  # all in one stage
+                continue
+            # another alias made before the cut and read after the write misses it
+            for s in members:
+                if s == t or not any(j > k for j in readers.get(s, ())) and s not in \
+                        program.output_slots:
+                    continue
+                first = 0 if s in inputs else made_at[s] + 1
+                bad.update(range(max(first, 1), k + 1))
+        return frozenset(c for c in bad if 1 <= c < n)
 
     def __len__(self):
         return len(self.instructions)
 
     def param_elements(self):
         """Per instruction, the elements of the parameters it is the first to read (a
-        parameter shared by several calls counts once, where it is first used)."""
+        parameter shared by several calls counts once, where it is first used; calls whose
+        results are never used count nothing)."""
         out = [0] * len(self.instructions)
         for name, k in self.param_first_use.items():
             out[k] += self.parameters[name]
@@ -105,47 +166,141 @@ class TracedGraph:
 
     def compute(self):
         """Per instruction, an estimate of its forward work: its matrix products' flops plus
-        one operation per output element."""
-        return [ins.flops + ins.out_elements for ins in self.instructions]
+        one operation per output element (0 for calls whose results are never used)."""
+        return [(ins.flops + ins.out_elements) if live else 0
+                for ins, live in zip(self.instructions, self.live)]
 
     def balanced_boundaries(self, weights, n_stages, tolerance=0.0):
-        """Boundaries cutting the instructions into ``n_stages`` non-empty stages whose sums
-        of ``weights`` are as equal as cumulative sums allow: boundary j goes where the
-        running sum is nearest j/n of the total. Among cuts whose running sum is within
-        ``tolerance`` of a stage's share of that nearest one, the cut with the fewest
-        crossing elements wins (ties: the nearest)."""
+        """Boundaries cutting the instructions into ``n_stages`` non-empty stages whose
+        largest sum of ``weights`` is the smallest possible (L), avoiding ``unsafe_cuts``.
+        Among the cuttings whose stages all stay within ``(1 + tolerance) * L``, the one
+        sending the fewest activation elements across its boundaries wins; ties go to the
+        most even cutting."""
+        n_stages = _positive_int(n_stages, "n_stages")
         n = len(self.instructions)
-        if not isinstance(n_stages, int) or isinstance(n_stages, bool) or n_stages < 1:
-            raise ValueError(f"n_stages must be a positive int, got {n_stages!r}")
         if len(weights) != n:
             raise ValueError(f"{len(weights)} weights for {n} instructions")
-        if n_stages > n:
-            raise ValueError(f"cannot cut {n} traced calls into {n_stages} non-empty stages")
+        if n_stages == 1:
+            return []
+        allowed = [c for c in range(1, n) if c not in self.unsafe_cuts]
+        if n_stages - 1 > len(allowed):
+            raise ValueError(f"cannot cut {n} traced calls into {n_stages} non-empty stages"
+                             + (f" ({n - 1 - len(allowed)} cut positions would lose an "
+                                "in-place write)" if len(allowed) < n - 1 else ""))
         prefix = [0.0]
         for w in weights:
             if w < 0 or not math.isfinite(w):
                 raise ValueError(f"weights must be finite and non-negative, got {w!r}")
             prefix.append(prefix[-1] + w)
-        total = prefix[-1]
-        share = total / n_stages
-        cuts, prev = [], 0
+        points = [0] + allowed + [n]
+
+        def stages_needed(cap):
+            """Fewest stages with every sum <= cap (None: impossible), cutting greedily at
+            the furthest allowed point."""
+            count, start, i = 1, 0, 0
+            while True:
+                j = i
+                while j + 1 < len(points) and prefix[points[j + 1]] - prefix[start] <= cap:
+                    j += 1
+                if points[j] == n:
+                    return count
+                if j == i:
+                    return None
+                count, start, i = count + 1, points[j], j
+
+        # the smallest feasible cap among the sums of contiguous runs between allowed points
+        caps = sorted({prefix[b] - prefix[a] for ai, a in enumerate(points)
+                       for b in points[ai + 1:]}) if len(points) <= 400 else None
+        if caps is not None:
+            lo, hi = 0, len(caps) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                need = stages_needed(caps[mid])
+                if need is not None and need <= n_stages:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            best = caps[lo]
+        else:  # many cut points: bisect on the value
+            lo_v, hi_v = max(weights, default=0.0), prefix[-1]
+            for _ in range(100):
+                mid = (lo_v + hi_v) / 2
+                need = stages_needed(mid)
+                if need is not None and need <= n_stages:
+                    hi_v = mid
+                else:
+                    lo_v = mid
+            best = hi_v
+        cap = best * (1 + tolerance) + 1e-9 * max(1.0, prefix[-1])
+        return self._cheapest_cutting(points, prefix, cap, n_stages)
+
+    def _cheapest_cutting(self, points, prefix, cap, n_stages):
+        """Among cuttings into n_stages at `points` with every stage sum <= cap: the fewest
+        crossing elements, then the smallest spread of stage sums from the mean. Dynamic
+        programming over (stages so far, last boundary)."""
+        n = points[-1]
+        m = len(points)
+        mean = prefix[-1] / n_stages
+        inf = (math.inf, math.inf)
+        # cost[j][i]: best (crossing, spread) with the j-th boundary at points[i]
+        cost = [[inf] * m for _ in range(n_stages)]
+        back = [[-1] * m for _ in range(n_stages)]
+        cost[0][0] = (0, 0.0)
         for j in range(1, n_stages):
-            lo, hi = prev + 1, n - (n_stages - j)  # leave room for the stages still to come
-            target = j * share
-            best = min(range(lo, hi + 1), key=lambda c: abs(prefix[c] - target))
-            slack = abs(prefix[best] - target) + tolerance * share
-            ok = [c for c in range(lo, hi + 1) if abs(prefix[c] - target) <= slack]
-            prev = min(ok, key=lambda c: (self.crossing[c], abs(prefix[c] - target), c))
-            cuts.append(prev)
-        return cuts
+            for i in range(j, m - 1):
+                c = points[i]
+                here = self.crossing[c]
+                for q in range(i - 1, j - 2, -1):
+                    stage = prefix[c] - prefix[points[q]]
+                    if stage > cap:
+                        break
+                    prev = cost[j - 1][q]
+                    if prev[0] == math.inf:
+                        continue
+                    cand = (prev[0] + here, prev[1] + (stage - mean) ** 2)
+                    if cand < cost[j][i]:
+                        cost[j][i], back[j][i] = cand, q
+        best, at = inf, -1
+        for i in range(n_stages - 1, m - 1):
+            last = prefix[n] - prefix[points[i]]
+            if last <= cap and cost[n_stages - 1][i][0] < math.inf:
+                cand = (cost[n_stages - 1][i][0], cost[n_stages - 1][i][1] + (last - mean) ** 2)
+                if cand < best:
+                    best, at = cand, i
+        cuts = []
+        for j in range(n_stages - 1, 0, -1):
+            cuts.append(points[at])
+            at = back[j][at]
+        return sorted(cuts)
 
     def cheapest_cut_before(self, k, weights, lo):
-        """The cut in [lo, k] with the fewest crossing elements among those that leave the
-        running sum of ``weights`` as it is at k (only weightless calls lie between)."""
+        """The safe cut in [lo, k] with the fewest crossing elements among those that leave
+        the running sum of ``weights`` as it is at k (only weightless calls lie between);
+        None when every one of them is unsafe."""
         c = k
         while c - 1 >= lo and weights[c - 1] == 0:
             c -= 1
-        return min(range(c, k + 1), key=lambda x: (self.crossing[x], -x))
+        safe = [x for x in range(c, k + 1) if x not in self.unsafe_cuts]
+        return min(safe, key=lambda x: (self.crossing[x], -x)) if safe else None
+
+
+def _as_int(value):
+    """value as an int (anything operator.index accepts: NumPy integers too), or None for a
+    bool or a non-integer."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _positive_int(value, what):
+    """value as an int >= 1, else ValueError naming `what`."""
+    as_int = _as_int(value)
+    if as_int is None or as_int < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return as_int
 
 
 def _graph_for_policy(graph, name):
@@ -157,8 +312,11 @@ def _graph_for_policy(graph, name):
 
 
 def split_into_equal_size(nstages=1):
-    """A split policy cutting the model into ``nstages`` stages holding equal shares of its
-    parameter and buffer elements (each counted at its first use)."""
+    """A split policy cutting the model into ``nstages`` stages so that the largest stage's
+    share of parameter and buffer elements (each counted at its first use) is as small as
+    possible."""
+    nstages = _positive_int(nstages, "n_stages")
+
     def policy(graph):
         _graph_for_policy(graph, "split_into_equal_size")
         weights = graph.param_elements()
@@ -173,19 +331,34 @@ def split_into_equal_size(nstages=1):
 def split_on_size_threshold(threshold):
     """A split policy starting a new stage before the call whose parameters would take the
     current stage past ``threshold`` elements (a stage whose first call alone passes it
-    still holds that call)."""
-    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
-        raise ValueError(f"threshold must be a positive number of elements, got {threshold!r}")
+    still holds that call). A parameter used by several stages (tied weights) counts in
+    each of them: each holds a copy."""
+    if isinstance(threshold, float) and threshold.is_integer():
+        threshold = int(threshold)
+    threshold = _as_int(threshold)
+    if threshold is None or threshold < 1:
+        raise ValueError("threshold must be a positive number of elements")
 
     def policy(graph):
         _graph_for_policy(graph, "split_on_size_threshold")
-        weights = graph.param_elements()
-        cuts, acc, start = [], 0, 0
-        for k, w in enumerate(weights):
+        numel = graph._param_numel
+        uses = [[p for p in ins.params if p in graph.parameters] if graph.live[ins.index]
+                else [] for ins in graph.instructions]
+        cuts, start, seen, acc = [], 0, set(), 0
+        for k, params in enumerate(uses):
+            new = [p for p in params if p not in seen]
+            w = sum(numel[p] for p in new)
             if w and acc and acc + w > threshold:
+                weights = [1 if u else 0 for u in uses]
                 cut = graph.cheapest_cut_before(k, weights, start + 1)
-                cuts.append(cut)
-                start, acc = cut, sum(weights[cut:k])
+                if cut is not None:
+                    cuts.append(cut)
+                    start = cut
+                    seen = {p for u in uses[cut:k] for p in u}
+                    acc = sum(numel[p] for p in seen)
+                    new = [p for p in params if p not in seen]
+                    w = sum(numel[p] for p in new)
+            seen.update(new)
             acc += w
         return cuts
     policy.__name__ = f"split_on_size_threshold({threshold})"
@@ -193,9 +366,12 @@ def split_on_size_threshold(threshold):
 
 
 def split_into_equal_flops(nstages=1):
-    """A split policy cutting the model into ``nstages`` stages of equal forward work as
-    tracing measured it (matrix-product flops plus one per output element). A boundary may
-    move by up to 5% of a stage's share to cut where fewer activation elements cross."""
+    """A split policy cutting the model into ``nstages`` stages so that the largest stage's
+    forward work as tracing measured it (matrix-product flops plus one per output element)
+    is as small as possible, within 5%: inside that margin the cut sends the fewest
+    activation elements across."""
+    nstages = _positive_int(nstages, "n_stages")
+
     def policy(graph):
         _graph_for_policy(graph, "split_into_equal_flops")
         return graph.balanced_boundaries(graph.compute(), nstages, tolerance=0.05)
@@ -215,27 +391,38 @@ class _FixedBoundaries:
 
 
 def boundaries_from(policy, graph):
-    """Run ``policy`` on ``graph`` and check its answer: strictly increasing ints in
-    [1, len(graph) - 1]."""
+    """Run ``policy`` on ``graph`` and check its answer: non-decreasing ints in [0, n]
+    (boundaries at 0 or n and repeats make no stage and are dropped, as pipe_split() at
+    the start or twice in a row makes none), none of them in ``graph.unsafe_cuts``."""
     if not callable(policy):
         raise TypeError(f"split_policy must be callable (TracedGraph -> boundaries), got "
                         f"{type(policy).__name__}")
-    cuts = policy(graph)
+    answer = policy(graph)
     name = getattr(policy, "__name__", "split_policy")
-    if cuts is None:
+    if answer is None:
         raise ValueError(f"{name} returned None; a split policy returns the stage boundaries "
                          "(instruction indices where stages 1, 2, ... begin)")
     try:
-        cuts = list(cuts)
+        answer = list(answer)
     except TypeError:
-        raise TypeError(f"{name} returned {type(cuts).__name__}; expected a sequence of "
+        raise TypeError(f"{name} returned {type(answer).__name__}; expected a sequence of "
                         "instruction indices") from None
     n = len(graph)
-    for i, c in enumerate(cuts):
-        if not isinstance(c, int) or isinstance(c, bool):
-            raise TypeError(f"{name}: boundary {i} is {c!r}, not an int")
-        if not 1 <= c <= n - 1 or (i and c <= cuts[i - 1]):
-            raise ValueError(f"{name} returned boundaries {cuts}: they must be strictly "
-                             f"increasing instruction indices in [1, {n - 1}] (the traced "
+    cuts = []
+    for i, value in enumerate(answer):
+        c = _as_int(value)
+        if c is None:
+            raise TypeError(f"{name}: boundary {i} is {value!r}, not an int")
+        if not 0 <= c <= n or (cuts and c < cuts[-1]):
+            raise ValueError(f"{name} returned boundaries {answer}: they must be "
+                             f"non-decreasing instruction indices in [0, {n}] (the traced "
                              f"model has {n} calls)")
+        cuts.append(c)
+    cuts = sorted({c for c in cuts if 0 < c < n})
+    bad = [c for c in cuts if c in graph.unsafe_cuts]
+    if bad:
+        raise ValueError(f"{name} returned boundaries {bad} that separate an in-place write "
+                         "from another view of the memory it writes (or a parameter/buffer "
+                         "written in place from another stage using it); see "
+                         "TracedGraph.unsafe_cuts")
     return cuts
