@@ -2,7 +2,7 @@
 # tools/gpu_check.sh — build pipec with CUDA and run the GPU tests and the CUDA op benchmark.
 #
 # Run on the GPU machine from the repository root:
-#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off|verify ...]
+#     bash tools/gpu_check.sh [all|nccl|wgrad|wgradq|group|group_off|verify|final ...]
 # (default: all; several modes run one after another with one build)
 # all: (1) editable install with nvcc (PIPEC_CUDA=1, so a missing nvcc fails loudly),
 # (2) pytest -m "cuda or multigpu" over tests/, (3) the LocalPipeline numerics again with
@@ -23,6 +23,8 @@
 # group_off: the same large-message cases with grouping off (PIPEC_NCCL_GROUP=0; diagnosing,
 # not counted: the crossing order is expected to deadlock and time out, 1F1B's lowered order
 # not; bench/results/nccl_grouping_H200.md has the 2026-12-07 run).
+# final: the CUDA suite, every schedule's NCCL numerics, large_bf16 with weight-gradient
+# batching auto and off (GPipe, 1F1B, Interleaved1F1B, ZBVZeroBubble).
 # The build is skipped when this machine already built these very sources (a warm machine
 # keeps the build between calls).
 # Logs go to $OUT when it is set (the device runner collects that folder), else to
@@ -94,6 +96,23 @@ if [ $built = 1 ] && wants verify; then
     step nccl_dualpipev nccl_dualpipev.log timeout 150 "$PY" -m pytest -q -m nccl_ranks -rs \
         --durations=5 tests/test_schedule_multiproc.py -k "DualPipeV and not large_messages"
     batching_off_on 90
+fi
+if [ $built = 1 ] && wants final; then
+    # the whole CUDA suite with the default weight-gradient batching ("auto"), the NCCL
+    # numerics of every schedule (ranks sharing this GPU), then large_bf16 with batching
+    # auto and off for a schedule of each kind
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+    step cuda_suite cuda_suite.log timeout 180 "$PY" -m pytest -q -m cuda tests -rs
+    step nccl_numerics nccl_numerics.log timeout 120 "$PY" -m pytest -q -m nccl_ranks \
+        tests/test_schedule_multiproc.py -k "test_schedule_numerics_nccl" -rs
+    for rows in auto 0; do
+        arg=""; [ $rows = 0 ] && arg="--wgrad-batch-rows 0"
+        step "pipeline_$rows" "pipeline_$rows.log" timeout 150 "$PY" bench/pipeline.py \
+            --devices cuda:0,cuda:0 --configs large_bf16 \
+            --schedules GPipe,1F1B,Interleaved1F1B,ZBVZeroBubble --steps 3 $arg \
+            --out "$LOGDIR/pipeline_1gpu_$rows.md"
+        grep "^| " "$LOGDIR/pipeline_1gpu_$rows.md"
+    done
 fi
 if [ $built = 1 ] && wants wgradq; then
     # a shorter wgrad: its GPU tests, then large_bf16 1F1B with batching off and on
