@@ -24,9 +24,11 @@ The default is "auto": 1024 rows on a rank whose step has no W actions (GPipe, 1
 Interleaved1F1B, LoopedBFS; in a custom order, a rank without W), off on a rank with them
 (zero-bubble schedules place their weight-gradient work in bubbles on purpose; batching
 would move it to the step's end). ``set_weight_grad_batching(n)`` or
-``PIPEC_WGRAD_BATCH_ROWS=n`` applies n rows to every rank (0 turns it off). Measured:
-LocalPipeline 1F1B, both ranks on one H100, large_bf16 (d=8192, batch 1024, 8 microbatches
-of 128 rows, 8 layers): 32.1 -> 19.4 ms per step (bench/results/verify_H100.md); on a 2-core
+``PIPEC_WGRAD_BATCH_ROWS=n`` applies n rows to every rank (0 turns it off). Measured with
+LocalPipeline's two ranks on one H100 (bench/results/wgrad_auto_H100.md): 1F1B large_bf16
+(d=8192, batch 1024, 8 microbatches of 128 rows, 8 layers) 32.5 -> 19.5 ms per step; 1F1B
+and Interleaved1F1B large_mb32 (float32, 32 microbatches of 64 rows) 370 -> 299 ms, peak
+memory 8645 -> 9589 MiB; on a 2-core
 CPU, 1F1B over 2 ranks (d=1024, batch 256, 4 layers) took 106.0 -> 96.8 ms per step with 8
 microbatches and 210.1 -> 184.5 ms with 32 (bench/wgrad_batch_cpu.py). In bfloat16 the
 batched sum is rounded once where the chain of additions rounds at every microbatch, so
