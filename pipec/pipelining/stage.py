@@ -9,6 +9,7 @@ shape inference), so its forward must be traceable (pipec ops, custom Functions)
 from .. import _C
 from .. import nn
 from .._types import device as _device_cls
+from ._chunk import _ChunkMethods
 
 __all__ = ["PipelineStage", "build_stage"]
 
@@ -22,7 +23,7 @@ def _metas(values):
     return [(t.dtype, tuple(t.shape)) for t in _flatten(values)[0]]
 
 
-class PipelineStage:
+class PipelineStage(_ChunkMethods):
     """One pipeline stage.
 
     submodule: the stage's module; stage_index / num_stages: its place in the pipeline;
@@ -32,7 +33,13 @@ class PipelineStage:
     raises PipeliningShapeError on a difference; output_args needs input_args); group: the
     process group of the pipeline (None: the default group, or this process alone); dw_builder: a zero-argument callable returning a
     function that computes this stage's weight gradients for one microbatch (used by W
-    actions of zero-bubble schedules, right after B otherwise)."""
+    actions of zero-bubble schedules, right after B otherwise).
+
+    Schedules run the stage in the C runtime. Code that drives a stage itself, one
+    microbatch at a time, uses torch's per-microbatch methods: ``forward_one_chunk``,
+    ``backward_one_chunk``, ``backward_weight_one_chunk``, ``set_local_fwd_input``,
+    ``get_local_bwd_output``, ``set_local_bwd_input``, ``clear_runtime_states`` and
+    ``scale_grads`` (eager, in this process; see ``pipelining/_chunk.py``)."""
 
     def __init__(self, submodule, stage_index, num_stages, device, input_args=None,
                  output_args=None, group=None, dw_builder=None):
