@@ -510,3 +510,84 @@ def test_crossing_counts_returned_values():
     pipeline(Two(), (pipec.randn(3, D),), split_policy=policy)
     g = seen[0]
     assert g.crossing[1] == 3 * D + 3 * D  # x (read by b) and h (returned)
+
+
+class _ViewInReceivingStage(nn.Module):
+    """g crosses to stage 1, which writes zeros through a view of its copy and reads g:
+    the write stays within one stage's copy. With `later`, a third stage reads g too and
+    gets it from stage 0, without the write: refused."""
+
+    def __init__(self, later):
+        super().__init__()
+        self.l0 = nn.Linear(D, D)
+        self.l1 = nn.Linear(D, D)
+        self.later = later
+
+    def forward(self, x):
+        h = self.l0(x)
+        g = x * 1.0
+        pipe_split()
+        g[:, :4].mul_(0.0)
+        y = self.l1(h) + g
+        if not self.later:
+            return y
+        pipe_split()
+        return y * 2.0 + g
+
+
+def test_a_view_written_in_its_own_stage_is_allowed():
+    pipec.manual_seed(10)
+    x = pipec.randn(4, D)
+    model = _ViewInReceivingStage(later=False)
+    pipe = pipeline(model, (x,))
+    assert pipe.num_stages == 2
+    np.testing.assert_array_equal(_np(pipe(x)), _np(model(x)))
+    with pytest.raises(ValueError, match="writes in place"):
+        pipeline(_ViewInReceivingStage(later=True), (x,))
+
+
+class _RunningMean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(D, D)
+        self.b = nn.Linear(D, D)
+        self.c = nn.Linear(D, D)
+        self.register_buffer("mean", pipec.zeros(D))
+
+    def forward(self, x):
+        h = self.a(x)
+        self.mean.mul_(0.9)
+        self.mean.add_(h.detach().mean(0) * 0.1)
+        return self.c(self.b(h - self.mean))
+
+
+def test_policies_keep_a_buffer_written_in_place_with_its_readers():
+    pipec.manual_seed(11)
+    x = pipec.randn(4, D)
+    policy, seen = _capture([])
+    pipeline(_RunningMean(), (x,), split_policy=policy)
+    g = seen[0]
+    writes = [i.index for i in g.instructions if i.params == ("mean",)]
+    assert set(range(min(writes) + 1, max(writes) + 1)) <= g.unsafe_cuts
+    assert g.crossing[max(writes) + 1] <= 2 * 4 * D  # the buffer is no activation
+    for make in (split_into_equal_size, split_into_equal_flops):
+        pipe = pipeline(_RunningMean(), (x,), split_policy=make(2))
+        assert pipe.num_stages == 2
+
+
+def test_balanced_boundaries_is_fast_on_long_programs():
+    """2000 calls, one dominant weight, 8 stages: the dynamic program is linear per stage."""
+    import time
+    pipec.manual_seed(12)
+    layers = [nn.Linear(D, D) for _ in range(400)]
+    model = nn.Sequential(nn.Linear(D, 64 * D), nn.Linear(64 * D, D), *[
+        m for lin in layers for m in (lin, nn.ReLU())])
+    x = pipec.randn(2, D)
+    policy, seen = _capture([])
+    pipeline(model, (x,), split_policy=policy)
+    g = seen[0]
+    t0 = time.perf_counter()
+    for weights in (g.param_elements(), g.compute()):
+        cuts = g.balanced_boundaries(weights, 8, tolerance=0.05)
+        assert len(cuts) == 7
+    assert time.perf_counter() - t0 < 2.0

@@ -206,3 +206,71 @@ def test_errors():
         last.get_local_bwd_output(3)
     with pytest.raises(RuntimeError, match="forward of microbatch 5 failed"):
         first.forward_one_chunk(5, (pipec.randn(4, D + 1),))
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(D, D)
+
+    def forward(self, x, scale=None):
+        return self.lin(x) * scale
+
+
+def test_keyword_inputs_of_a_later_stage():
+    """A non-first stage called with a keyword tensor: its bwd_cache holds the positional
+    inputs' gradients only (what the previous stage's outputs need), as torch."""
+    pipec.manual_seed(5)
+    first, second = MLPModule(D), _Scaled()
+    ref = [copy.deepcopy(first), copy.deepcopy(second)]
+    stages = [PipelineStage(first, 0, 2, "cpu"), PipelineStage(second, 1, 2, "cpu")]
+    for st in stages:
+        st.has_backward = True
+    x, scale = pipec.randn(4, D), pipec.randn(4, D)
+    out = stages[0].forward_one_chunk(0, (x,))
+    y = stages[1].forward_one_chunk(0, (out,), {"scale": scale})
+    stages[1].backward_one_chunk(0, loss=y.sum())
+    grads = stages[1].get_local_bwd_output(0)
+    assert len(grads) == 1
+    stages[0].set_local_bwd_input(grads, 0)
+    stages[0].backward_one_chunk(0)
+    ref[1](ref[0](x), scale=scale).sum().backward()
+    _close_grads([("0.", first), ("1.", second)],
+                 nn.Sequential(*ref))
+
+
+def test_pipe_stage_with_skip_inputs_names_them():
+    from model_registry import SkipConnections
+    pipec.manual_seed(6)
+    model = SkipConnections(D)
+    x = pipec.randn(4, D)
+    pipe = pipeline(model, (x,), split_spec=getattr(model, "split_spec", None))
+    k = next(i for i in range(pipe.num_stages) if len(pipe.stage_wiring(i)[0]) > 1)
+    st = pipe.build_stage(k, "cpu")
+    st.set_local_fwd_input(pipec.randn(4, D), 0)
+    with pytest.raises(RuntimeError, match="skip connections included"):
+        st.forward_one_chunk(0)
+
+
+def test_a_failed_backward_keeps_the_microbatch():
+    model = nn.Sequential(MLPModule(D), MLPModule(D))
+    first, last = (PipelineStage(model[i], i, 2, "cpu") for i in range(2))
+    first.has_backward = last.has_backward = True
+    out = first.forward_one_chunk(0, (pipec.randn(4, D),))
+    with pytest.raises(RuntimeError, match="set_local_bwd_input"):
+        first.backward_one_chunk(0)
+    first.set_local_bwd_input(pipec.ones(4, D), 0)
+    first.backward_one_chunk(0)  # the forward was kept
+    assert model[0].net1.weight.grad is not None and 0 not in first.fwd_cache
+    assert out.shape == (4, D)
+
+
+def test_a_schedule_step_clears_hand_driven_state():
+    from pipec.pipelining import ScheduleGPipe
+    pipec.manual_seed(7)
+    mod = MLPModule(D)
+    st = PipelineStage(mod, 0, 1, "cpu")
+    st.forward_one_chunk(0, (pipec.randn(4, D),))
+    assert st.fwd_cache and st.output_chunks
+    ScheduleGPipe(st, 2, loss_fn=_mse_sum).step(pipec.randn(4, D), target=pipec.randn(4, D))
+    assert not st.fwd_cache and not st.output_chunks

@@ -127,8 +127,11 @@ def test_default_comes_from_the_environment():
     import subprocess
     import sys
     code = ("import pipec.pipelining as p; print(p.get_weight_grad_batching())")
-    for env_value, want in (("256", "256"), ("0", "0"), (None, "auto"), ("auto", "auto"),
-                            ("junk", "auto")):
+    # unreadable values turn batching off (the conservative reading)
+    for env_value, want in (("256", "256"), ("0", "0"), (None, "auto"), ("", "auto"),
+                            ("auto", "auto"), (" AUTO ", "auto"), (" 64 ", "64"),
+                            ("off", "0"), ("false", "0"), ("-1", "0"), ("1e3", "0"),
+                            ("junk", "0")):
         env = dict(__import__("os").environ)
         env.pop("PIPEC_WGRAD_BATCH_ROWS", None)
         if env_value is not None:
@@ -298,3 +301,52 @@ def test_end_of_step_flush_is_in_the_timeline(rows, rows_setting):
         assert start >= last and end >= start
     from pipec import viz
     assert all(a != "WGRAD_FLUSH" for _, a, _, _ in viz._compute_only(viz._normalize(events)[0]))
+
+
+class _Recompute(pipec.autograd.Function):
+    """x @ w whose backward recomputes the product on detached leaves and runs its own
+    backward (the reentrant checkpoint pattern): it reads the leaves' .grad at once."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return pipec.matmul(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        xd, wd = x.detach().requires_grad_(), w.detach().requires_grad_()
+        with pipec.autograd.enable_grad():
+            y = pipec.matmul(xd, wd)
+        pipec.autograd.backward(y, g)
+        return xd.grad, wd.grad
+
+
+class _RecomputeBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(pipec.randn(D, D) * 0.1)
+
+    def forward(self, x):
+        return pipec.relu(_Recompute.apply(x, self.w))
+
+
+@pytest.mark.parametrize("rows", [0, 1024, "auto"])
+def test_custom_backward_running_its_own_backward(rows, rows_setting):
+    """A custom Function's backward runs with batching paused: the backward it runs itself
+    finds its leaves' .grad complete (deferred, they were None and every gradient of the
+    step was lost)."""
+    pipec.manual_seed(5)
+    base = [_RecomputeBlock(), _RecomputeBlock()]
+    x, y = pipec.randn(32, D), pipec.randn(32, D)
+    loss_fn = nn.MSELoss(reduction="sum")
+    ref = copy.deepcopy(base)
+    for xm, ym in zip(pipec.tensor_split(x, 4, 0), pipec.tensor_split(y, 4, 0)):
+        loss_fn(ref[1](ref[0](xm)), ym).backward()
+    set_weight_grad_batching(rows)
+    mods = copy.deepcopy(base)
+    LocalPipeline(mods, "1F1B", 4, ["cpu", "cpu"], loss_fn=loss_fn,
+                  scale_grads=False).step(x, target=y)
+    for m, r in zip(mods, ref):
+        assert m.w.grad is not None, f"rows={rows}: gradient lost"
+        np.testing.assert_allclose(m.w.grad.numpy(), r.w.grad.numpy(), rtol=1e-5, atol=1e-6)

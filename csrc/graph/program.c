@@ -645,8 +645,16 @@ int pc_program_cut_loses_write(const PcProgram *p, const int *stage_of, int *oth
                         }
                 }
             } else if (s != t && made[s] >= 0 && made[s] < stage_of[k] && last_read[s] > k) {
-                found = k; /* s came from an earlier stage apart from t: it misses the write */
-                *other = s;
+                /* s came from an earlier stage. When t came from one too, this stage holds
+                 * separate copies of both: s misses the write. When t was made here (a view
+                 * of this stage's copy of s), this stage sees the write, but a later stage
+                 * reading s (or the model's output) gets it from the stage that made it */
+                bool t_crossed = made[t] < 0 || made[t] < stage_of[k];
+                bool later = last_read[s] >= p->n_instrs || stage_of[last_read[s]] > stage_of[k];
+                if (t_crossed || later) {
+                    found = k;
+                    *other = s;
+                }
             }
         }
     }

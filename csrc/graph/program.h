@@ -131,8 +131,10 @@ void pc_stage_io_free(int n, PcStageIO *io);
 /* For a traced Program cut so that instruction k runs in stage stage_of[k] (non-decreasing):
  * the first instruction whose in-place write a stage would not see, or -1. Stages hold
  * their own copies of received values and of parameters/buffers, so a write is lost when
- *   - it goes through one alias (a view) of a value made in an earlier stage, and another
- *     alias received separately is read after it or returned; or
+ *   - it goes through one alias (a view) received from an earlier stage, and another alias
+ *     received separately is read after it or returned; or it goes through a view made in
+ *     its own stage, and an alias from an earlier stage is read in a later stage or
+ *     returned; or
  *   - it updates a parameter/buffer (or a view of one) that another stage also uses.
  * *other gets the slot whose copy misses the write. -1 when p has no alias table. */
 int pc_program_cut_loses_write(const PcProgram *p, const int *stage_of, int *other);

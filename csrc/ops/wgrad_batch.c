@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #include "internal.h"
@@ -40,13 +41,29 @@ static atomic_llong g_batched, g_deferred;
 static atomic_llong g_rows = -1; /* -1: not read from the environment yet; else rows >= 0 or
                                     PC_WGRAD_AUTO */
 
+/* PIPEC_WGRAD_BATCH_ROWS: unset, empty or "auto" (any case, spaces around) is auto; a
+ * number >= 0 is that many rows; "off", "false", "no", "none" and anything unreadable
+ * (a negative number, "1e3") turn batching off, the conservative reading. */
+static long long parse_rows(const char *e) {
+    if (!e) return PC_WGRAD_AUTO;
+    while (isspace((unsigned char)*e)) e++;
+    size_t n = strlen(e);
+    while (n > 0 && isspace((unsigned char)e[n - 1])) n--;
+    bool is_auto = n == 4;
+    for (size_t i = 0; is_auto && i < 4; i++) is_auto = tolower((unsigned char)e[i]) == "auto"[i];
+    if (n == 0 || is_auto) return PC_WGRAD_AUTO;
+    long long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)e[i]) || v > (1LL << 40)) return 0;
+        v = v * 10 + (e[i] - '0');
+    }
+    return v;
+}
+
 int64_t pc_wgrad_batch_rows(void) {
     long long v = atomic_load(&g_rows);
     if (v != -1) return v;
-    const char *e = getenv("PIPEC_WGRAD_BATCH_ROWS");
-    char *end = NULL;
-    long long parsed = e && *e ? strtoll(e, &end, 10) : PC_WGRAD_AUTO;
-    if (e && *e && (*end != '\0' || parsed < 0)) parsed = PC_WGRAD_AUTO; /* "auto", junk */
+    long long parsed = parse_rows(getenv("PIPEC_WGRAD_BATCH_ROWS"));
     long long expect = -1;
     atomic_compare_exchange_strong(&g_rows, &expect, parsed);
     return atomic_load(&g_rows);

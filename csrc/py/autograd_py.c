@@ -371,10 +371,14 @@ static PcStatus fn_apply(PcNode *self, PcTensor *const *grad_outputs, const bool
         PyTuple_SET_ITEM(argtup, 1 + i, o);
     }
     {
-        /* the user's backward runs with grad mode off (no create_graph) */
+        /* the user's backward runs with grad mode off (no create_graph) and without
+         * weight-gradient batching: a backward it runs itself (recomputation) must find
+         * its leaves' .grad complete when it returns */
         bool was = pc_grad_enabled();
         pc_set_grad_enabled(false);
+        bool paused = pc_wgrad_batch_pause(pc_wgrad_batch_current());
         res = PyObject_Call(n->backward, argtup, NULL);
+        if (paused) pc_wgrad_batch_resume(pc_wgrad_batch_current());
         pc_set_grad_enabled(was);
     }
     if (!res) goto pyfail;

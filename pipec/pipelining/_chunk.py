@@ -47,7 +47,8 @@ class _ChunkMethods:
 
     @property
     def fwd_cache(self):
-        """{microbatch: (outputs, inputs)} kept by forward_one_chunk for its backward."""
+        """{microbatch: (outputs, inputs, number of positional inputs)} kept by
+        forward_one_chunk for its backward."""
         return self._chunk_state()["fwd_cache"]
 
     @property
@@ -95,6 +96,15 @@ class _ChunkMethods:
         elif not self.is_first:
             args = tuple(self._receive(a) for a in args)
         kwargs = dict(kwargs or {})
+        wiring = self._pipe_wiring
+        if wiring is not None:
+            needed = len(wiring[0].stage_wiring(wiring[1])[0])
+            if len(args) != needed:
+                raise RuntimeError(
+                    f"stage {self.stage_index} of a Pipe takes {needed} inputs (values from "
+                    f"earlier stages in Pipe.stage_wiring({self.stage_index}) order, skip "
+                    f"connections included), got {len(args)}; set_local_fwd_input hands "
+                    "over only the previous stage's outputs")
         try:
             out = self.submod(*args, **kwargs)
         except Exception as e:
@@ -102,7 +112,7 @@ class _ChunkMethods:
                                f"{fwd_chunk_id} failed: {e}") from e
         outputs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         flat_inputs = args + tuple(kwargs.values())
-        st["fwd_cache"][fwd_chunk_id] = (outputs, flat_inputs)
+        st["fwd_cache"][fwd_chunk_id] = (outputs, flat_inputs, len(args))
         if self.is_last and save_forward_output:
             st["output_chunks"].append(out)
         return out
@@ -130,18 +140,18 @@ class _ChunkMethods:
         if bwd_chunk_id not in st["fwd_cache"]:
             raise RuntimeError(f"stage {self.stage_index}: microbatch {bwd_chunk_id} has no "
                                "forward to run backward from (forward_one_chunk first)")
-        outputs, inputs = st["fwd_cache"].pop(bwd_chunk_id)
+        if self.is_last and loss is None:
+            raise RuntimeError(f"stage {self.stage_index} is the last: backward_one_chunk "
+                               "needs the microbatch's loss")
+        if not self.is_last and grads is None and bwd_chunk_id not in st["bwd_in"]:
+            raise RuntimeError(
+                f"stage {self.stage_index}: no output gradients for microbatch "
+                f"{bwd_chunk_id}: pass grads or call set_local_bwd_input first")
+        outputs, inputs, n_args = st["fwd_cache"].pop(bwd_chunk_id)
         if self.is_last:
-            if loss is None:
-                raise RuntimeError(f"stage {self.stage_index} is the last: backward_one_chunk "
-                                   "needs the microbatch's loss")
             roots, root_grads = loss, None
         else:
             if grads is None:
-                if bwd_chunk_id not in st["bwd_in"]:
-                    raise RuntimeError(
-                        f"stage {self.stage_index}: no output gradients for microbatch "
-                        f"{bwd_chunk_id}: pass grads or call set_local_bwd_input first")
                 grads = st["bwd_in"].pop(bwd_chunk_id)
             roots, root_grads = outputs, tuple(_as_tuple(grads))
         params = list(self.submod.parameters())
@@ -157,7 +167,9 @@ class _ChunkMethods:
             in_grads, handle = stage_backward_input(roots, root_grads, inputs, params)
             st["backward_state"][bwd_chunk_id] = (params, handle)
             st["dw_runner"][bwd_chunk_id] = lambda: stage_backward_weight(params, handle)
-        st["bwd_cache"][bwd_chunk_id] = tuple(in_grads)
+        # the positional inputs' gradients: what the previous stage's outputs need (torch
+        # drops the keyword inputs' too)
+        st["bwd_cache"][bwd_chunk_id] = tuple(in_grads[:n_args])
 
     def backward_weight_one_chunk(self, bwd_chunk_id, last_backward=False):
         """The weight-gradient work (W) that backward_one_chunk(full_backward=False) left

@@ -48,10 +48,11 @@ class TracedGraph:
     that a boundary at ``c`` would send from one stage to the next;
     ``live``: per instruction, whether its result reaches the model's outputs (or it
     writes in place); dead calls weigh nothing in the built-in policies;
-    ``unsafe_cuts``: boundaries that would separate an in-place write from another view of
-    the memory it writes (or a parameter/buffer written in place from another stage using
-    it): each stage holds its own copies, so the write would be lost. ``pipeline()``
-    refuses them; the built-in policies never choose them."""
+    ``unsafe_cuts``: boundaries that may separate an in-place write from another view of the
+    memory it writes (or a parameter/buffer written in place from another stage using
+    it): each stage holds its own copies, so the write could be lost. The built-in
+    policies never choose them. The set is cautious: ``pipeline()``'s own check (in C)
+    refuses only cuttings that do lose a write, which may allow some of these."""
 
     def __init__(self, program, slot_names, input_numels):
         # slot_names: {external slot: (name, tensor)} of the parameters and buffers
@@ -64,7 +65,7 @@ class TracedGraph:
             made_at[slot], size[slot] = -1, numel
         last_use, readers = {}, collections.defaultdict(list)
         listed = []
-        for k, (op, ins, outs, numels, flops, _) in enumerate(instrs):
+        for k, (op, ins, outs, numels, flops, inplace) in enumerate(instrs):
             names = []
             for s in ins:
                 if s < 0:
@@ -75,8 +76,10 @@ class TracedGraph:
                         names.append(ext[s])
                 elif s in made_at:
                     last_use[s] = k
-            for s, numel in zip(outs, numels):
-                if s not in made_at:  # an in-place call keeps its input's slot
+            for o, (s, numel) in enumerate(zip(outs, numels)):
+                if inplace and o == 0:
+                    continue  # an in-place call keeps its input's slot (maybe a buffer)
+                if s not in made_at:
                     made_at[s], size[s] = k, numel
             listed.append(GraphInstruction(k, op, tuple(names), flops, sum(numels)))
         returned = set(program.output_slots)
@@ -175,7 +178,7 @@ class TracedGraph:
         largest sum of ``weights`` is the smallest possible (L), avoiding ``unsafe_cuts``.
         Among the cuttings whose stages all stay within ``(1 + tolerance) * L``, the one
         sending the fewest activation elements across its boundaries wins; ties go to the
-        most even cutting."""
+        cuts nearest their even shares."""
         n_stages = _positive_int(n_stages, "n_stages")
         n = len(self.instructions)
         if len(weights) != n:
@@ -236,41 +239,49 @@ class TracedGraph:
 
     def _cheapest_cutting(self, points, prefix, cap, n_stages):
         """Among cuttings into n_stages at `points` with every stage sum <= cap: the fewest
-        crossing elements, then the smallest spread of stage sums from the mean. Dynamic
-        programming over (stages so far, last boundary)."""
+        crossing elements, then the cuts nearest their even shares (the sum of
+        |running sum - j * mean|). Both costs add up per boundary, so each layer of the
+        dynamic program takes a sliding-window minimum: O(n_stages * len(points))."""
         n = points[-1]
         m = len(points)
         mean = prefix[-1] / n_stages
         inf = (math.inf, math.inf)
-        # cost[j][i]: best (crossing, spread) with the j-th boundary at points[i]
-        cost = [[inf] * m for _ in range(n_stages)]
-        back = [[-1] * m for _ in range(n_stages)]
-        cost[0][0] = (0, 0.0)
+        prev = [inf] * m
+        prev[0] = (0, 0.0)
+        backs = []
         for j in range(1, n_stages):
-            for i in range(j, m - 1):
-                c = points[i]
-                here = self.crossing[c]
-                for q in range(i - 1, j - 2, -1):
-                    stage = prefix[c] - prefix[points[q]]
-                    if stage > cap:
-                        break
-                    prev = cost[j - 1][q]
-                    if prev[0] == math.inf:
-                        continue
-                    cand = (prev[0] + here, prev[1] + (stage - mean) ** 2)
-                    if cand < cost[j][i]:
-                        cost[j][i], back[j][i] = cand, q
+            cur, back = [inf] * m, [-1] * m
+            window = collections.deque()  # indices q, their prev[q] increasing
+            q_next, lo = 0, 0
+            for i in range(1, m - 1):
+                while q_next < i:  # q < i become candidates
+                    if prev[q_next][0] < math.inf:
+                        while window and prev[window[-1]] >= prev[q_next]:
+                            window.pop()
+                        window.append(q_next)
+                    q_next += 1
+                while prefix[points[i]] - prefix[points[lo]] > cap:
+                    lo += 1
+                while window and window[0] < lo:
+                    window.popleft()
+                if window:
+                    c = points[i]
+                    best = prev[window[0]]
+                    cur[i] = (best[0] + self.crossing[c],
+                              best[1] + abs(prefix[c] - j * mean))
+                    back[i] = window[0]
+            prev = cur
+            backs.append(back)
         best, at = inf, -1
-        for i in range(n_stages - 1, m - 1):
-            last = prefix[n] - prefix[points[i]]
-            if last <= cap and cost[n_stages - 1][i][0] < math.inf:
-                cand = (cost[n_stages - 1][i][0], cost[n_stages - 1][i][1] + (last - mean) ** 2)
-                if cand < best:
-                    best, at = cand, i
+        for i in range(1, m - 1):
+            if prefix[n] - prefix[points[i]] <= cap and prev[i] < best:
+                best, at = prev[i], i
+        if at < 0:
+            raise ValueError("no cutting fits the balanced bound (internal error)")
         cuts = []
-        for j in range(n_stages - 1, 0, -1):
+        for back in reversed(backs):
             cuts.append(points[at])
-            at = back[j][at]
+            at = back[at]
         return sorted(cuts)
 
     def cheapest_cut_before(self, k, weights, lo):
@@ -393,7 +404,7 @@ class _FixedBoundaries:
 def boundaries_from(policy, graph):
     """Run ``policy`` on ``graph`` and check its answer: non-decreasing ints in [0, n]
     (boundaries at 0 or n and repeats make no stage and are dropped, as pipe_split() at
-    the start or twice in a row makes none), none of them in ``graph.unsafe_cuts``."""
+    the start or twice in a row makes none)."""
     if not callable(policy):
         raise TypeError(f"split_policy must be callable (TracedGraph -> boundaries), got "
                         f"{type(policy).__name__}")
@@ -418,11 +429,5 @@ def boundaries_from(policy, graph):
                              f"non-decreasing instruction indices in [0, {n}] (the traced "
                              f"model has {n} calls)")
         cuts.append(c)
-    cuts = sorted({c for c in cuts if 0 < c < n})
-    bad = [c for c in cuts if c in graph.unsafe_cuts]
-    if bad:
-        raise ValueError(f"{name} returned boundaries {bad} that separate an in-place write "
-                         "from another view of the memory it writes (or a parameter/buffer "
-                         "written in place from another stage using it); see "
-                         "TracedGraph.unsafe_cuts")
-    return cuts
+    # a cutting that loses an in-place write is refused by Program.split (in C)
+    return sorted({c for c in cuts if 0 < c < n})

@@ -848,6 +848,9 @@ class _PipelineSchedule:
             raise RuntimeError("this schedule has a loss_fn: pass target= to step() and eval()"
                                " on the rank that holds the last stage")
         ex = self._ensure_executor()
+        for st in self._stages:  # what hand-driven per-microbatch calls left (as torch)
+            if "_chunks" in st.__dict__:
+                st.clear_runtime_states()
         arg_mbs = _split_inputs(args, kwargs, self._n_microbatches, self._args_chunk_spec,
                                 self._kwargs_chunk_spec)
         target_mbs = _split_target(target, self._n_microbatches) if self._loss_fn else None
