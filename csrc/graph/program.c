@@ -9,6 +9,7 @@
  */
 #include "program.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdarg.h>
@@ -601,65 +602,79 @@ int pc_program_cut_loses_write(const PcProgram *p, const int *stage_of, int *oth
     *other = -1;
     if (!p->alias || p->n_instrs == 0) return -1;
     int ns = p->n_slots;
-    int *made = malloc(sizeof(int) * (size_t)(ns ? ns : 1));      /* stage making a value */
-    int *last_read = malloc(sizeof(int) * (size_t)(ns ? ns : 1)); /* instruction, n: output */
-    if (!made || !last_read) {
-        free(made);
-        free(last_read);
-        return -1; /* out of memory: no check (the split itself reports it) */
-    }
+    size_t sz = sizeof(int) * (size_t)(ns ? ns : 1);
+    int *made = malloc(sz);      /* stage making a value (-1: parameter, buffer, constant) */
+    int *last_read = malloc(sz); /* instruction reading a slot last (n_instrs: an output) */
+    /* per alias group (indexed by its root): members, whether one is a parameter, buffer or
+     * constant, and the first and last stage reading any member */
+    int *members = calloc((size_t)(ns ? ns : 1), sizeof(int));
+    int *param = calloc((size_t)(ns ? ns : 1), sizeof(int));
+    int *read_lo = malloc(sz), *read_hi = malloc(sz);
+    int found = -1;
+    if (!made || !last_read || !members || !param || !read_lo || !read_hi)
+        goto out; /* out of memory: no check (the split itself reports it) */
     for (int s = 0; s < ns; s++) {
         made[s] = p->kind[s] == PC_SLOT_INPUT ? 0 : -1; /* model inputs enter at stage 0 */
         last_read[s] = -1;
+        read_lo[s] = INT_MAX;
+        read_hi[s] = -1;
+        members[p->alias[s]]++;
+        if (p->kind[s] == PC_SLOT_EXTERNAL || p->kind[s] == PC_SLOT_CONST) param[p->alias[s]] = 1;
     }
     for (int k = 0; k < p->n_instrs; k++) {
         const PcInstr *in = &p->instrs[k];
-        for (int i = 0; i < in->call.n_in; i++)
-            if (in->in[i] >= 0) last_read[in->in[i]] = k;
+        for (int i = 0; i < in->call.n_in; i++) {
+            int s = in->in[i];
+            if (s < 0) continue;
+            last_read[s] = k;
+            int r = p->alias[s];
+            if (stage_of[k] < read_lo[r]) read_lo[r] = stage_of[k];
+            if (stage_of[k] > read_hi[r]) read_hi[r] = stage_of[k];
+        }
         for (int o = 0; o < in->call.n_out; o++)
             if (in->out[o] >= 0 && made[in->out[o]] < 0 && p->kind[in->out[o]] == PC_SLOT_VALUE)
                 made[in->out[o]] = stage_of[k];
     }
     for (int i = 0; i < p->n_outputs; i++) last_read[p->outputs[i]] = p->n_instrs;
-    int found = -1;
     for (int k = 0; k < p->n_instrs && found < 0; k++) {
         const PcInstr *in = &p->instrs[k];
         if (!pc_call_is_inplace(&in->call) || in->call.n_in < 1 || in->in[0] < 0) continue;
-        int t = in->in[0], root = p->alias[t];
-        bool param = false;
-        for (int s = 0; s < ns && !param; s++)
-            param = p->alias[s] == root &&
-                    (p->kind[s] == PC_SLOT_EXTERNAL || p->kind[s] == PC_SLOT_CONST);
+        int t = in->in[0], root = p->alias[t], here = stage_of[k];
+        if (param[root]) {
+            /* another stage using the parameter/buffer (or a view of it) has its own copy */
+            if (read_lo[root] != here || read_hi[root] != here) {
+                found = k;
+                for (int s = 0; s < ns && *other < 0; s++)
+                    if (p->alias[s] == root && (p->kind[s] == PC_SLOT_EXTERNAL ||
+                                                p->kind[s] == PC_SLOT_CONST))
+                        *other = s;
+            }
+            continue;
+        }
+        if (members[root] < 2) continue; /* no other alias to miss the write */
+        bool t_crossed = made[t] < 0 || made[t] < here;
         for (int s = 0; s < ns && found < 0; s++) {
-            if (p->alias[s] != root) continue;
-            if (param) {
-                /* another stage using the parameter/buffer (or a view of it) has its own copy */
-                for (int j = 0; j < p->n_instrs && found < 0; j++) {
-                    if (stage_of[j] == stage_of[k]) continue;
-                    const PcInstr *u = &p->instrs[j];
-                    for (int i = 0; i < u->call.n_in; i++)
-                        if (u->in[i] == s) {
-                            found = k;
-                            *other = s;
-                            break;
-                        }
-                }
-            } else if (s != t && made[s] >= 0 && made[s] < stage_of[k] && last_read[s] > k) {
-                /* s came from an earlier stage. When t came from one too, this stage holds
-                 * separate copies of both: s misses the write. When t was made here (a view
-                 * of this stage's copy of s), this stage sees the write, but a later stage
-                 * reading s (or the model's output) gets it from the stage that made it */
-                bool t_crossed = made[t] < 0 || made[t] < stage_of[k];
-                bool later = last_read[s] >= p->n_instrs || stage_of[last_read[s]] > stage_of[k];
-                if (t_crossed || later) {
-                    found = k;
-                    *other = s;
-                }
+            if (p->alias[s] != root || s == t || made[s] < 0 || made[s] >= here ||
+                last_read[s] <= k)
+                continue;
+            /* s came from an earlier stage. When t came from one too, this stage holds
+             * separate copies of both: s misses the write. When t was made here (a view of
+             * this stage's copy of s), this stage sees the write, but a later stage reading
+             * s (or the model's output) gets it from the stage that made it */
+            bool later = last_read[s] >= p->n_instrs || stage_of[last_read[s]] > here;
+            if (t_crossed || later) {
+                found = k;
+                *other = s;
             }
         }
     }
+out:
     free(made);
     free(last_read);
+    free(members);
+    free(param);
+    free(read_lo);
+    free(read_hi);
     return found;
 }
 
