@@ -34,8 +34,22 @@ def _as_tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def _state(key, doc):
+    """A read-only property for one of the per-microbatch state containers."""
+    return property(lambda self: self._chunk_state()[key], doc=doc)
+
+
 class _ChunkMethods:
     """Mixed into PipelineStage (see the module's docstring)."""
+
+    fwd_cache = _state("fwd_cache", "{microbatch: (outputs, inputs, number of positional "
+                                    "inputs)} kept by forward_one_chunk for its backward.")
+    bwd_cache = _state("bwd_cache", "{microbatch: input gradients} made by backward_one_chunk.")
+    output_chunks = _state("output_chunks",
+                           "The last stage's outputs of forward_one_chunk, in call order.")
+    backward_state = _state("backward_state",
+                            "{microbatch: (parameters, WeightGradHandle)} between I and W.")
+    dw_runner = _state("dw_runner", "{microbatch: the weight-gradient work W will run}.")
 
     def _chunk_state(self):
         st = self.__dict__.get("_chunks")
@@ -44,30 +58,6 @@ class _ChunkMethods:
                 "fwd_cache": {}, "bwd_cache": {}, "output_chunks": [], "backward_state": {},
                 "dw_runner": {}, "fwd_in": {}, "bwd_in": {}}
         return st
-
-    @property
-    def fwd_cache(self):
-        """{microbatch: (outputs, inputs, number of positional inputs)} kept by
-        forward_one_chunk for its backward."""
-        return self._chunk_state()["fwd_cache"]
-
-    @property
-    def bwd_cache(self):
-        """{microbatch: input gradients} made by backward_one_chunk."""
-        return self._chunk_state()["bwd_cache"]
-
-    @property
-    def output_chunks(self):
-        """The last stage's outputs of forward_one_chunk, in call order."""
-        return self._chunk_state()["output_chunks"]
-
-    @property
-    def backward_state(self):
-        return self._chunk_state()["backward_state"]
-
-    @property
-    def dw_runner(self):
-        return self._chunk_state()["dw_runner"]
 
     @property
     def has_backward(self):
@@ -154,7 +144,6 @@ class _ChunkMethods:
             if grads is None:
                 grads = st["bwd_in"].pop(bwd_chunk_id)
             roots, root_grads = outputs, tuple(_as_tuple(grads))
-        params = list(self.submod.parameters())
         if self.dw_builder is not None or full_backward:
             in_grads = stage_backward(roots, root_grads, inputs)
             if self.dw_builder is not None:
@@ -164,6 +153,7 @@ class _ChunkMethods:
                 else:
                     st["dw_runner"][bwd_chunk_id] = runner
         else:
+            params = list(self.submod.parameters())
             in_grads, handle = stage_backward_input(roots, root_grads, inputs, params)
             st["backward_state"][bwd_chunk_id] = (params, handle)
             st["dw_runner"][bwd_chunk_id] = lambda: stage_backward_weight(params, handle)

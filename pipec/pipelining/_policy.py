@@ -110,7 +110,6 @@ class TracedGraph:
                     self.param_first_use.setdefault(name, ins.index)
         self.parameters = {name: t.numel() for name, t in slot_names.values()
                            if name in self.param_first_use}
-        self._param_numel = {name: t.numel() for name, t in slot_names.values()}
 
     @staticmethod
     def _liveness(instrs, returned):
@@ -211,29 +210,16 @@ class TracedGraph:
                     return None
                 count, start, i = count + 1, points[j], j
 
-        # the smallest feasible cap among the sums of contiguous runs between allowed points
-        caps = sorted({prefix[b] - prefix[a] for ai, a in enumerate(points)
-                       for b in points[ai + 1:]}) if len(points) <= 400 else None
-        if caps is not None:
-            lo, hi = 0, len(caps) - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                need = stages_needed(caps[mid])
-                if need is not None and need <= n_stages:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            best = caps[lo]
-        else:  # many cut points: bisect on the value
-            lo_v, hi_v = max(weights, default=0.0), prefix[-1]
-            for _ in range(100):
-                mid = (lo_v + hi_v) / 2
-                need = stages_needed(mid)
-                if need is not None and need <= n_stages:
-                    hi_v = mid
-                else:
-                    lo_v = mid
-            best = hi_v
+        # the smallest feasible cap, bisected to far below the slack added to it (the
+        # whole sum is feasible: one stage, cut further at will)
+        lo_v, best = max(weights, default=0.0), prefix[-1]
+        for _ in range(100):
+            mid = (lo_v + best) / 2
+            need = stages_needed(mid)
+            if need is not None and need <= n_stages:
+                best = mid
+            else:
+                lo_v = mid
         cap = best * (1 + tolerance) + 1e-9 * max(1.0, prefix[-1])
         return self._cheapest_cutting(points, prefix, cap, n_stages)
 
@@ -352,15 +338,15 @@ def split_on_size_threshold(threshold):
 
     def policy(graph):
         _graph_for_policy(graph, "split_on_size_threshold")
-        numel = graph._param_numel
-        uses = [[p for p in ins.params if p in graph.parameters] if graph.live[ins.index]
+        numel = graph.parameters
+        uses = [[p for p in ins.params if p in numel] if graph.live[ins.index]
                 else [] for ins in graph.instructions]
+        weights = [1 if u else 0 for u in uses]  # which calls hold parameters
         cuts, start, seen, acc = [], 0, set(), 0
         for k, params in enumerate(uses):
             new = [p for p in params if p not in seen]
             w = sum(numel[p] for p in new)
             if w and acc and acc + w > threshold:
-                weights = [1 if u else 0 for u in uses]
                 cut = graph.cheapest_cut_before(k, weights, start + 1)
                 if cut is not None:
                     cuts.append(cut)
