@@ -366,7 +366,8 @@ static PyObject *program_instructions(PcPyProgram *self, PyObject *unused) {
     return list;
 }
 
-/* set_marks(indices): replace the pipe_split marks (a split policy's boundaries) */
+/* set_marks(indices): replace the pipe_split marks (a split policy's boundaries); returns None
+ * (new reference), borrows arg */
 static PyObject *program_set_marks(PcPyProgram *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "set_marks: expected a sequence of ints");
     if (!seq) return NULL;
